@@ -1,0 +1,217 @@
+//! Who is calling and what they may do: bearer tokens (stored only as SHA-256) resolved to a
+//! `Principal`, and the role rules of the contract's Auth section.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use handoff_core::{AgentId, Interaction};
+use handoff_store::KeyRecord;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Admin,
+    Ivr,
+    Supervisor,
+    Presence,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Ivr => "ivr",
+            Role::Supervisor => "supervisor",
+            Role::Presence => "presence",
+            Role::Agent => "agent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [
+            Role::Admin,
+            Role::Ivr,
+            Role::Supervisor,
+            Role::Presence,
+            Role::Agent,
+        ]
+        .into_iter()
+        .find(|role| role.as_str() == text)
+    }
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub role: Role,
+    /// Set for agent tokens.
+    pub agent: Option<AgentId>,
+}
+
+impl Principal {
+    pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
+        if allowed.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "a key of role {} may not do this",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    pub fn is_agent(&self, agent: &AgentId) -> bool {
+        self.role == Role::Agent && self.agent.as_ref() == Some(agent)
+    }
+
+    /// Reads everything: admin and supervisor.
+    pub fn reads_everything(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Supervisor)
+    }
+
+    /// May read this interaction: readers of everything, the IVR key that created it, and
+    /// agents it was ever offered or assigned to.
+    pub fn may_read_interaction(&self, interaction: &Interaction) -> bool {
+        match self.role {
+            Role::Admin | Role::Supervisor => true,
+            Role::Ivr => interaction.spec.created_by.as_deref() == Some(self.key_id.as_str()),
+            Role::Agent => self
+                .agent
+                .as_ref()
+                .is_some_and(|agent| interaction.involved_agents.contains(agent)),
+            Role::Presence => false,
+        }
+    }
+}
+
+/// Every key, by the SHA-256 of its token, kept in memory for a lookup per request.
+#[derive(Default)]
+pub struct KeyRing {
+    by_hash: RwLock<HashMap<[u8; 32], KeyRecord>>,
+}
+
+impl KeyRing {
+    pub fn load(records: Vec<KeyRecord>) -> KeyRing {
+        let ring = KeyRing::default();
+        for record in records {
+            ring.insert(record);
+        }
+        ring
+    }
+
+    pub fn insert(&self, record: KeyRecord) {
+        if let Ok(mut map) = self.by_hash.write() {
+            map.insert(record.token_sha256, record);
+        }
+    }
+
+    pub fn remove(&self, key_id: &str) -> Option<KeyRecord> {
+        let mut map = self.by_hash.write().ok()?;
+        let hash = map.iter().find(|(_, r)| r.id == key_id).map(|(h, _)| *h)?;
+        map.remove(&hash)
+    }
+
+    pub fn get(&self, key_id: &str) -> Option<KeyRecord> {
+        let map = self.by_hash.read().ok()?;
+        map.values().find(|r| r.id == key_id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<KeyRecord> {
+        let mut keys: Vec<KeyRecord> = self
+            .by_hash
+            .read()
+            .map(|map| map.values().cloned().collect())
+            .unwrap_or_default();
+        keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        keys
+    }
+
+    pub fn for_agent(&self, agent: &AgentId) -> Vec<String> {
+        self.by_hash
+            .read()
+            .map(|map| {
+                map.values()
+                    .filter(|r| r.agent_id.as_deref() == Some(agent.as_str()))
+                    .map(|r| r.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn resolve(&self, token: &str) -> Option<Principal> {
+        let hash = hash_token(token);
+        let map = self.by_hash.read().ok()?;
+        let record = map.get(&hash)?;
+        let role = Role::parse(&record.role)?;
+        let agent = match role {
+            Role::Agent => Some(AgentId::parse(record.agent_id.as_deref()?).ok()?),
+            _ => None,
+        };
+        Some(Principal {
+            key_id: record.id.clone(),
+            role,
+            agent,
+        })
+    }
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new 256-bit random token, hex-encoded with a prefix naming what it is.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("hk_{}", hex::encode(bytes))
+}
+
+/// A short random id for keys and interactions.
+pub fn generate_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 10];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Middleware on every protected route: 401 before anything else is looked at.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let principal = bearer(&parts)
+        .and_then(|token| state.shared.keys.resolve(token))
+        .ok_or_else(ApiError::unauthorized)?;
+    parts.extensions.insert(principal);
+    Ok(next.run(Request::from_parts(parts, body)).await)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)
+    }
+}

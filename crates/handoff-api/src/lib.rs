@@ -1,0 +1,126 @@
+//! handoff's API: the one crate that knows HTTP, WebSocket and JSON. It owns the engine (the
+//! single writer that turns commands into committed events) and fans committed events out to
+//! agent streams and Server-Sent Events.
+
+pub mod auth;
+pub mod connections;
+pub mod engine;
+pub mod error;
+pub mod json;
+pub mod metrics_setup;
+pub mod openapi;
+pub mod routes;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use handoff_store::Store;
+
+pub use engine::tokio_util_shutdown::{channel as shutdown_channel, Shutdown, ShutdownTrigger};
+pub use engine::{Engine, Shared};
+pub use error::ApiError;
+
+/// What the API needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub max_context_bytes: usize,
+    /// The largest request body: the context limit plus room for the other fields.
+    pub max_body_bytes: usize,
+    pub presence_grace: Duration,
+    pub ping_interval: Duration,
+    /// Origins allowed beside the server's own.
+    pub allowed_origins: Vec<String>,
+    pub core: handoff_core::Settings,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_context_bytes: 65536,
+            max_body_bytes: 65536 + 65536,
+            presence_grace: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
+            allowed_origins: Vec::new(),
+            core: handoff_core::Settings::default(),
+        }
+    }
+}
+
+/// Everything a request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub shared: Arc<Shared>,
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<ApiSettings>,
+    pub connections: Arc<connections::Connections>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub shutdown: Shutdown,
+}
+
+/// A recovered, running API: its router, and how to stop it.
+pub struct Running {
+    pub state: AppState,
+    trigger: ShutdownTrigger,
+    engine_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Recovers the state from `store` and starts the engine and the presence timers.
+    pub async fn start(store: Arc<dyn Store>, settings: ApiSettings) -> anyhow::Result<Running> {
+        let metrics = metrics_setup::handle();
+        let (trigger, shutdown) = shutdown_channel();
+        let (engine, engine_task) =
+            engine::start(store.clone(), settings.core.clone(), shutdown.clone()).await?;
+        let shared = engine.shared.clone();
+        let connections = Arc::new(connections::Connections::new(
+            engine.clone(),
+            settings.presence_grace,
+            shutdown.clone(),
+        ));
+        // After a restart nobody is connected: every agent's grace period starts now.
+        let present: Vec<_> = shared
+            .state()
+            .agents()
+            .filter(|a| a.presence.status != handoff_core::PresenceStatus::Offline)
+            .map(|a| a.profile.id.clone())
+            .collect();
+        for agent in present {
+            connections.start_grace(agent);
+        }
+        let state = AppState {
+            engine,
+            shared,
+            store,
+            settings: Arc::new(settings),
+            connections,
+            metrics,
+            shutdown,
+        };
+        Ok(Running {
+            state,
+            trigger,
+            engine_task,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Stops streams, timers and the engine; waits for the engine's last commit.
+    pub async fn shutdown(self) {
+        self.trigger.fire();
+        let _ = self.engine_task.await;
+    }
+
+    pub fn shutdown_signal(&self) -> Shutdown {
+        self.state.shutdown.clone()
+    }
+
+    pub fn fire_shutdown(&self) {
+        self.trigger.fire();
+    }
+}

@@ -1,0 +1,156 @@
+//! `GET /v1/events`: Server-Sent Events of every event, replayed from `Last-Event-ID` or
+//! `?after=`, then live, with an optional type filter.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+
+use super::Query;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::auth::{Principal, Role};
+use crate::error::ApiError;
+use crate::AppState;
+
+const REPLAY_PAGE: usize = 500;
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<String>,
+    types: Option<String>,
+}
+
+/// `interaction.offered` matches itself; `agent.*` matches every type that starts `agent.`.
+#[derive(Clone)]
+struct TypeFilter(Vec<String>);
+
+impl TypeFilter {
+    fn matches(&self, event_type: &str) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => event_type.starts_with(prefix),
+                    None => pattern == event_type,
+                })
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "stream_events",
+    tag = "events",
+    summary = "Server-Sent Events of every event (supervisor, admin)",
+    params(
+        ("after" = Option<u64>, Query, description = "Replay every event with `seq` above this first, then go live"),
+        ("types" = Option<String>, Query, description = "Comma-separated event types; `agent.*` matches a prefix"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Like `after`, sent by a reconnecting EventSource"),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`: each event is `id: SEQ` and `data: <CloudEvent JSON>`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad Last-Event-ID or after", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not supervisor or admin", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Supervisor])?;
+    let from_header = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let after = match query.after.or(from_header).as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_field",
+                "after: Last-Event-ID or ?after must be a non-negative integer",
+            )
+            .with_field("after")
+        })?),
+    };
+    let filter = TypeFilter(
+        query
+            .types
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    );
+    let (sender, mut receiver) = mpsc::channel::<SseEvent>(256);
+    let mut live = state.shared.subscribe();
+    let mut last = after.unwrap_or_else(|| state.shared.head());
+    let mut shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let send = |seq: u64, payload: &str| SseEvent::default().id(seq.to_string()).data(payload);
+        // Replay what the store has, then the live feed; `last` drops what is in both.
+        let mut catch_up = after.is_some();
+        loop {
+            if catch_up {
+                loop {
+                    let page = match state.store.events_after(last, REPLAY_PAGE).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            tracing::error!(%error, "event replay read failed");
+                            return;
+                        }
+                    };
+                    for event in &page {
+                        if filter.matches(&event.event_type)
+                            && sender.send(send(event.seq, &event.payload)).await.is_err()
+                        {
+                            return;
+                        }
+                        last = event.seq;
+                    }
+                    if page.len() < REPLAY_PAGE {
+                        break;
+                    }
+                }
+                catch_up = false;
+            }
+            tokio::select! {
+                _ = shutdown.fired() => return,
+                _ = sender.closed() => return,
+                received = live.recv() => match received {
+                    Ok(event) => {
+                        if event.seq <= last {
+                            continue;
+                        }
+                        last = event.seq;
+                        if filter.matches(&event.event_type)
+                            && sender.send(send(event.seq, &event.payload)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => catch_up = true,
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let events = futures_util::stream::poll_fn(move |cx| {
+        receiver
+            .poll_recv(cx)
+            .map(|next| next.map(Ok::<_, Infallible>))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

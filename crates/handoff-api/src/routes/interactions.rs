@@ -1,0 +1,690 @@
+//! Interactions: the IVR's hand-off, the agent's actions on it, and reads of it.
+
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+
+use super::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use handoff_core::{
+    Command, Interaction, InteractionId, InteractionSpec, InteractionState, Target,
+};
+use handoff_protocol::{
+    CloudEvent, CompleteRequest, CreateInteractionRequest, InteractionList, InteractionView,
+    TransferRequest,
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{engine_error, interaction_id, json_response, read_empty, read_json};
+use crate::auth::{generate_id, Principal, Role};
+use crate::engine::Idempotency;
+use crate::error::ApiError;
+use crate::wire::{canonical_json, interaction_view, now, target_from_wire};
+use crate::AppState;
+
+/// The interaction as the API shows it, from the committed state.
+fn view(state: &AppState, id: &InteractionId) -> Option<InteractionView> {
+    let committed = state.shared.state();
+    let interaction = committed.interaction(id)?;
+    let address = interaction
+        .agent
+        .as_ref()
+        .and_then(|agent| committed.agent(agent))
+        .and_then(|agent| agent.profile.address.clone());
+    Some(interaction_view(
+        interaction,
+        committed.position(id),
+        address,
+    ))
+}
+
+fn unknown(id: &InteractionId) -> ApiError {
+    ApiError::not_found(
+        "unknown_interaction",
+        format!("no interaction with id {id}"),
+    )
+}
+
+/// Looks the interaction up and checks that the caller may see it.
+fn readable(
+    state: &AppState,
+    principal: &Principal,
+    id: &InteractionId,
+) -> Result<Interaction, ApiError> {
+    let committed = state.shared.state();
+    let interaction = committed.interaction(id).ok_or_else(|| unknown(id))?;
+    if !principal.may_read_interaction(interaction) {
+        return Err(ApiError::forbidden("this interaction is not yours to see"));
+    }
+    Ok(interaction.clone())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions",
+    operation_id = "create_interaction",
+    tag = "interactions",
+    summary = "Hand off a call: create an interaction for an agent or a queue (ivr, admin)",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Makes a retry safe: the same key with an equal body within 24 h answers 200 with the same interaction"),
+    ),
+    request_body(content = handoff_protocol::CreateInteractionRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created: `offered` with the agent to transfer to, or `queued` with a position", body = handoff_protocol::InteractionView),
+        (status = 200, description = "An earlier request with the same Idempotency-Key and an equal body: the same interaction", body = handoff_protocol::InteractionView),
+        (status = 400, description = "Not JSON, invalid UTF-8, not the schema, or a bad Idempotency-Key", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not ivr or admin", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Unknown target agent or queue, or an Idempotency-Key reused with a different body", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Ivr])?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255);
+            Some(
+                key.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                    .with_field("Idempotency-Key")
+                })?
+                .to_owned(),
+            )
+        }
+    };
+    let (body, _) = read_json::<CreateInteractionRequest>(request, &state).await?;
+    let context = serde_json::Value::Object(body.context.clone().unwrap_or_default());
+    let context_text = context.to_string();
+    if context_text.len() > state.settings.max_context_bytes {
+        return Err(ApiError::too_large(format!(
+            "context: {} bytes serialized, more than the limit of {}",
+            context_text.len(),
+            state.settings.max_context_bytes
+        ))
+        .with_field("context"));
+    }
+    if json_depth(&context) > MAX_CONTEXT_DEPTH {
+        return Err(ApiError::unprocessable(
+            "context_too_deep",
+            format!("context: nested more than {MAX_CONTEXT_DEPTH} levels deep"),
+        )
+        .with_field("context"));
+    }
+    let target = target_from_wire(&body.target, "target")?;
+    let fallback = body
+        .fallback
+        .as_ref()
+        .map(|f| target_from_wire(f, "fallback"))
+        .transpose()?;
+    let channel = body.channel.clone().unwrap_or_else(|| "voice".to_owned());
+    check_text("caller", body.caller.as_deref())?;
+    check_text("dialed", body.dialed.as_deref())?;
+    check_text("call_id", body.call_id.as_deref())?;
+    check_text("channel", Some(&channel))?;
+    if channel.is_empty() {
+        return Err(
+            ApiError::unprocessable("invalid_channel", "channel: must not be empty")
+                .with_field("channel"),
+        );
+    }
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key_id: principal.key_id.clone(),
+        key,
+        // Equal as parsed JSON: hash the re-serialized request, not the raw bytes.
+        body_sha256: Sha256::digest(canonical_json(
+            &serde_json::to_value(&body).unwrap_or_default(),
+        ))
+        .into(),
+    });
+    let id = InteractionId::parse(&generate_id("ix_")).map_err(ApiError::internal)?;
+    let spec = InteractionSpec {
+        id: id.clone(),
+        caller: body.caller,
+        dialed: body.dialed,
+        channel,
+        call_id: body.call_id,
+        context: context_text,
+        target: target.clone(),
+        fallback: fallback.clone(),
+        priority: body.priority.unwrap_or(0),
+        created_by: Some(principal.key_id.clone()),
+        created_at: now(),
+    };
+    let committed = state
+        .engine
+        .execute_with(Command::CreateInteraction { spec }, idempotency)
+        .await
+        .map_err(|error| {
+            let mut error = engine_error(error);
+            // The core names the agent that is unknown; say which field held it.
+            if let (Some(Target::Agent(fallback_agent)), Some("target.agent")) =
+                (&fallback, error.field.as_deref())
+            {
+                if error.message.contains(&format!(" {fallback_agent} "))
+                    && target != Target::Agent(fallback_agent.clone())
+                {
+                    error.field = Some("fallback.agent".to_owned());
+                }
+            }
+            if let (Some(Target::Queue(_)), Some("target.queue"), Target::Agent(_)) =
+                (&fallback, error.field.as_deref(), &target)
+            {
+                error.field = Some("fallback.queue".to_owned());
+            }
+            error
+        })?;
+    let (status, id) = match committed.replayed {
+        Some(existing) => (StatusCode::OK, existing),
+        None => (StatusCode::CREATED, id),
+    };
+    let view = view(&state, &id).ok_or_else(|| unknown(&id))?;
+    Ok(json_response(status, &view))
+}
+
+/// How deep a context may nest. The log wraps it two levels deeper, and every reader of the
+/// log (recovery included) must parse it again well inside serde_json's limit of 128.
+const MAX_CONTEXT_DEPTH: usize = 64;
+
+fn json_depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn check_text(field: &'static str, value: Option<&str>) -> Result<(), ApiError> {
+    if value.is_some_and(|v| v.len() > 256) {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("{field}: at most 256 bytes"),
+        )
+        .with_field(field));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub struct GetQuery {
+    wait_s: Option<String>,
+    state: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/{interaction_id}",
+    operation_id = "get_interaction",
+    tag = "interactions",
+    summary = "Read an interaction with its history; with wait_s, long-poll for a state change",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("wait_s" = Option<u64>, Query, description = "Wait up to this many seconds (0..=300) for the state to differ from `state`"),
+        ("state" = Option<String>, Query, description = "The state to wait for a change from; default: the current one"),
+    ),
+    responses(
+        (status = 200, description = "The interaction, with `history`", body = handoff_protocol::InteractionView),
+        (status = 400, description = "A bad wait_s or an unknown state", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not allowed to read this interaction", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    Query(query): Query<GetQuery>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Supervisor, Role::Ivr, Role::Agent])?;
+    let id = interaction_id(&raw_id)?;
+    let wait_s = match query.wait_s.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 300)
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_field", "wait_s: an integer from 0 to 300")
+                    .with_field("wait_s")
+            })?,
+    };
+    let baseline = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(InteractionState::parse(text).ok_or_else(|| {
+            ApiError::bad_request("invalid_field", format!("state: unknown state {text}"))
+                .with_field("state")
+        })?),
+    };
+    let mut live = state.shared.subscribe();
+    let first = readable(&state, &principal, &id)?;
+    // The answer comes when the state differs from `?state=`, or when the same state now
+    // names another agent (an offer that moved on): both tell the IVR where the call goes.
+    let baseline = (baseline.unwrap_or(first.state), first.agent.clone());
+    let differs = |interaction: &Interaction| {
+        interaction.state != baseline.0 || interaction.agent != baseline.1
+    };
+    if wait_s > 0 && !differs(&first) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_s);
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            let changed = tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) => event.subject == id.as_str(),
+                    // Missed events: look at the state again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.fired() => break,
+            };
+            if changed && state.shared.state().interaction(&id).is_some_and(differs) {
+                break;
+            }
+        }
+    }
+    let mut view = view(&state, &id).ok_or_else(|| unknown(&id))?;
+    let history = state
+        .store
+        .subject_events(id.as_str())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut events = Vec::with_capacity(history.len());
+    for stored in &history {
+        // The server wrote every payload; one it cannot read back is a defect, not a skip.
+        let event = serde_json::from_str::<CloudEvent>(&stored.payload).map_err(|error| {
+            ApiError::internal(format!("event {} cannot be read: {error}", stored.seq))
+        })?;
+        events.push(event);
+    }
+    view.history = Some(events);
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    agent: Option<String>,
+    queue: Option<String>,
+    call_id: Option<String>,
+    limit: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/interactions",
+    operation_id = "list_interactions",
+    tag = "interactions",
+    summary = "List interactions, newest first (supervisor, admin)",
+    params(
+        ("state" = Option<String>, Query, description = "Only interactions in this state"),
+        ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held"),
+        ("queue" = Option<String>, Query, description = "Only interactions targeting this queue"),
+        ("call_id" = Option<String>, Query, description = "Only interactions with this call id"),
+        ("limit" = Option<u32>, Query, description = "At most this many, 1..=1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The interactions", body = handoff_protocol::InteractionList),
+        (status = 400, description = "Unknown state or a bad limit", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not supervisor or admin", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Supervisor])?;
+    let wanted_state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(InteractionState::parse(text).ok_or_else(|| {
+            ApiError::bad_request("invalid_field", format!("state: unknown state {text}"))
+                .with_field("state")
+        })?),
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_field", "limit: an integer from 1 to 1000")
+                    .with_field("limit")
+            })?,
+    };
+    let committed = state.shared.state();
+    let interactions = committed
+        .interactions()
+        .rev()
+        .filter(|i| wanted_state.is_none_or(|s| i.state == s))
+        .filter(|i| {
+            query.agent.as_deref().is_none_or(|agent| {
+                i.agent.as_ref().is_some_and(|a| a.as_str() == agent)
+                    || i.involved_agents.iter().any(|a| a.as_str() == agent)
+            })
+        })
+        .filter(|i| {
+            query.queue.as_deref().is_none_or(|queue| {
+                matches!(&i.current_target, Target::Queue(q) if q.as_str() == queue)
+                    || matches!(&i.spec.target, Target::Queue(q) if q.as_str() == queue)
+            })
+        })
+        .filter(|i| {
+            query
+                .call_id
+                .as_deref()
+                .is_none_or(|call_id| i.spec.call_id.as_deref() == Some(call_id))
+        })
+        .take(limit)
+        .map(|i| {
+            let address = i
+                .agent
+                .as_ref()
+                .and_then(|a| committed.agent(a))
+                .and_then(|a| a.profile.address.clone());
+            interaction_view(i, committed.position(i.id()), address)
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &InteractionList { interactions },
+    ))
+}
+
+/// The agent an action is taken for: the caller's own agent, or, for an admin, the agent
+/// the interaction is offered or assigned to now.
+fn acting_agent(
+    state: &AppState,
+    principal: &Principal,
+    id: &InteractionId,
+) -> Result<handoff_core::AgentId, ApiError> {
+    match principal.role {
+        Role::Agent => {
+            let interaction = readable(state, principal, id)?;
+            let _ = interaction;
+            principal
+                .agent
+                .clone()
+                .ok_or_else(|| ApiError::forbidden("this token is not an agent's"))
+        }
+        Role::Admin => {
+            let committed = state.shared.state();
+            let interaction = committed.interaction(id).ok_or_else(|| unknown(id))?;
+            interaction.agent.clone().ok_or_else(|| {
+                ApiError::conflict(
+                    "wrong_state",
+                    format!(
+                        "interaction {id} is {} and held by no agent",
+                        interaction.state.as_str()
+                    ),
+                )
+            })
+        }
+        _ => Err(ApiError::forbidden(
+            "only the agent the interaction is offered or assigned to may do this",
+        )),
+    }
+}
+
+async fn action(
+    state: &AppState,
+    id: &InteractionId,
+    command: Command,
+) -> Result<Response, ApiError> {
+    state.engine.execute(command).await.map_err(engine_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &view(state, id).ok_or_else(|| unknown(id))?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions/{interaction_id}/accept",
+    operation_id = "accept_interaction",
+    tag = "interactions",
+    summary = "Accept an offer (the offered agent); empty body",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    responses(
+        (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
+        (status = 400, description = "A body was sent: this action takes none", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not the agent it is offered to", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The action does not fit the interaction's current state", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn accept(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = interaction_id(&raw_id)?;
+    let agent = acting_agent(&state, &principal, &id)?;
+    read_empty(request, &state).await?;
+    action(
+        &state,
+        &id,
+        Command::Accept {
+            id: id.clone(),
+            agent,
+        },
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions/{interaction_id}/reject",
+    operation_id = "reject_interaction",
+    tag = "interactions",
+    summary = "Reject an offer (the offered agent); empty body",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    responses(
+        (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
+        (status = 400, description = "A body was sent: this action takes none", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not the agent it is offered to", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The action does not fit the interaction's current state", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn reject(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = interaction_id(&raw_id)?;
+    let agent = acting_agent(&state, &principal, &id)?;
+    read_empty(request, &state).await?;
+    action(
+        &state,
+        &id,
+        Command::Reject {
+            id: id.clone(),
+            agent,
+        },
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions/{interaction_id}/complete",
+    operation_id = "complete_interaction",
+    tag = "interactions",
+    summary = "Complete an interaction with an optional disposition and notes (the assigned agent)",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    request_body(content = handoff_protocol::CompleteRequest, content_type = "application/json", description = "Optional: an empty body (no Content-Type) completes without disposition or notes"),
+    responses(
+        (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
+        (status = 400, description = "Not JSON, invalid UTF-8, or not the schema", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not the assigned agent", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The action does not fit the interaction's current state", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id, or a field too long", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = interaction_id(&raw_id)?;
+    let agent = acting_agent(&state, &principal, &id)?;
+    let has_body = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|l| l != "0")
+        || request
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE);
+    let body = if has_body {
+        read_json::<CompleteRequest>(request, &state).await?.0
+    } else {
+        CompleteRequest::default()
+    };
+    for (field, value) in [("disposition", &body.disposition), ("notes", &body.notes)] {
+        if value.as_ref().is_some_and(|v| v.len() > 4096) {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                format!("{field}: at most 4096 bytes"),
+            )
+            .with_field(field));
+        }
+    }
+    let command = Command::Complete {
+        id: id.clone(),
+        agent,
+        disposition: body.disposition,
+        notes: body.notes,
+    };
+    action(&state, &id, command).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions/{interaction_id}/transfer",
+    operation_id = "transfer_interaction",
+    tag = "interactions",
+    summary = "Transfer an accepted interaction to another agent or queue (the assigned agent)",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    request_body(content = handoff_protocol::TransferRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The interaction, handed off anew", body = handoff_protocol::InteractionView),
+        (status = 400, description = "Not JSON, invalid UTF-8, or not the schema", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not the assigned agent", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The action does not fit the interaction's current state", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Unknown target, transfer to self, or a note too long", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn transfer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = interaction_id(&raw_id)?;
+    let agent = acting_agent(&state, &principal, &id)?;
+    let (body, _) = read_json::<TransferRequest>(request, &state).await?;
+    let target = target_from_wire(&body.target, "target")?;
+    let fallback = body
+        .fallback
+        .as_ref()
+        .map(|f| target_from_wire(f, "fallback"))
+        .transpose()?;
+    if body.note.as_ref().is_some_and(|n| n.len() > 4096) {
+        return Err(
+            ApiError::unprocessable("invalid_field", "note: at most 4096 bytes").with_field("note"),
+        );
+    }
+    let command = Command::Transfer {
+        id: id.clone(),
+        agent,
+        target,
+        fallback,
+        note: body.note,
+    };
+    action(&state, &id, command).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/interactions/{interaction_id}/hangup",
+    operation_id = "hangup_interaction",
+    tag = "interactions",
+    summary = "The caller hung up (ivr, admin); empty body",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    responses(
+        (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
+        (status = 400, description = "A body was sent: this action takes none", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not ivr or admin, or not the ivr key that created it", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The action does not fit the interaction's current state", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn hangup(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Ivr])?;
+    let id = interaction_id(&raw_id)?;
+    readable(&state, &principal, &id)?;
+    read_empty(request, &state).await?;
+    action(&state, &id, Command::Hangup { id: id.clone() }).await
+}

@@ -1,0 +1,188 @@
+//! The route table, and the helpers every handler shares.
+
+pub(crate) mod agents;
+pub(crate) mod events;
+pub(crate) mod interactions;
+pub(crate) mod keys;
+pub(crate) mod stream;
+pub(crate) mod system;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::Router;
+use handoff_core::{AgentId, InteractionId};
+use serde::de::DeserializeOwned;
+
+use crate::auth::authenticate;
+use crate::error::ApiError;
+use crate::json::JsonBody;
+use crate::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{key_id}", axum::routing::delete(keys::revoke))
+        .route("/v1/agents", get(agents::list))
+        .route(
+            "/v1/agents/{agent_id}",
+            put(agents::put).get(agents::get).delete(agents::delete),
+        )
+        .route("/v1/agents/{agent_id}/presence", put(agents::set_presence))
+        .route(
+            "/v1/agents/{agent_id}/tokens",
+            post(keys::create_agent_token),
+        )
+        .route("/v1/agents/{agent_id}/stream", get(stream::open))
+        .route(
+            "/v1/interactions",
+            post(interactions::create).get(interactions::list),
+        )
+        .route("/v1/interactions/{interaction_id}", get(interactions::get))
+        .route(
+            "/v1/interactions/{interaction_id}/accept",
+            post(interactions::accept),
+        )
+        .route(
+            "/v1/interactions/{interaction_id}/reject",
+            post(interactions::reject),
+        )
+        .route(
+            "/v1/interactions/{interaction_id}/complete",
+            post(interactions::complete),
+        )
+        .route(
+            "/v1/interactions/{interaction_id}/transfer",
+            post(interactions::transfer),
+        )
+        .route(
+            "/v1/interactions/{interaction_id}/hangup",
+            post(interactions::hangup),
+        )
+        .route("/v1/events", get(events::stream))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// `axum::extract::Path` whose rejection is the contract's error body.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub T);
+
+/// `axum::extract::Query` whose rejection is the contract's error body.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct Query<T>(pub T);
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> ApiError {
+        ApiError::bad_request(
+            "invalid_path",
+            format!("the path cannot be read: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("the query string cannot be read: {}", rejection.body_text()),
+        )
+    }
+}
+
+/// Parses an agent id from the path; a malformed one is a 422 naming the parameter.
+fn agent_id(text: &str) -> Result<AgentId, ApiError> {
+    AgentId::parse(text).map_err(|error| {
+        ApiError::unprocessable("invalid_id", format!("agent_id: {error}")).with_field("agent_id")
+    })
+}
+
+fn interaction_id(text: &str) -> Result<InteractionId, ApiError> {
+    InteractionId::parse(text).map_err(|error| {
+        ApiError::unprocessable("invalid_id", format!("interaction_id: {error}"))
+            .with_field("interaction_id")
+    })
+}
+
+/// Reads a JSON body after the handler has checked who may call it.
+async fn read_json<T: DeserializeOwned>(
+    request: Request,
+    state: &AppState,
+) -> Result<(T, bytes::Bytes), ApiError> {
+    let JsonBody(value, bytes) = JsonBody::<T>::from_request(request, state).await?;
+    Ok((value, bytes))
+}
+
+/// Refuses a body on an action endpoint.
+async fn read_empty(request: Request, state: &AppState) -> Result<(), ApiError> {
+    crate::json::EmptyBody::from_request(request, state).await?;
+    Ok(())
+}
+
+/// Maps an engine failure to the API's error.
+fn engine_error(error: crate::engine::EngineError) -> ApiError {
+    use crate::engine::EngineError;
+    match error {
+        EngineError::Refused(refused) => ApiError::from(refused),
+        EngineError::IdempotencyMismatch => ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different body",
+        )
+        .with_field("Idempotency-Key"),
+        EngineError::Store(detail) => ApiError::unavailable(detail),
+        EngineError::Stopped => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ),
+    }
+}
+
+/// Whether a browser `Origin` may talk to this server: its own origin or a configured one.
+fn origin_allowed(headers: &HeaderMap, state: &AppState) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let own = headers
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .is_some_and(|host| {
+            origin == format!("http://{host}") || origin == format!("https://{host}")
+        });
+    own || state
+        .settings
+        .allowed_origins
+        .iter()
+        .any(|allowed| allowed == origin)
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> axum::response::Response {
+    (status, axum::Json(body)).into_response()
+}

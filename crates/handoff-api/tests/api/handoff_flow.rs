@@ -1,0 +1,236 @@
+//! The hand-off end to end: create, pop, accept, complete; idempotency; resume with `after`.
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_ivr_handoff_pops_the_identical_context_and_the_history_shows_every_step() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let mut ws = app.stream("alice", &alice, None).await;
+
+    let context = json!({
+        "customer": {"name": "Zoë Ångström", "tier": "gold", "tags": ["vip", "日本語"]},
+        "intent": "billing", "amount_due": 12.5, "verified": true, "notes": null,
+        "emoji": "📞", "nested": {"deeper": {"deepest": [1, {"x": "ü"}]}}
+    });
+    let created = app
+        .create_interaction(
+            &ivr,
+            json!({"caller": "+15551234567", "dialed": "+18005550100", "call_id": "abc@pbx",
+                   "context": context, "target": {"agent": "alice"}}),
+        )
+        .await;
+    assert_eq!(created["state"], "offered");
+    assert_eq!(created["agent"]["id"], "alice");
+    assert_eq!(created["agent"]["address"], "sip:alice@pbx.example.com");
+    assert_eq!(created["context"], context);
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let pop = next_of_type(&mut ws, "interaction.offered").await;
+    assert_eq!(pop["specversion"], "1.0");
+    assert_eq!(pop["source"], "handoff");
+    assert_eq!(pop["subject"], id.as_str());
+    assert_eq!(pop["data"]["interaction"]["context"], context);
+    assert_eq!(pop["data"]["interaction"]["caller"], "+15551234567");
+    assert_eq!(pop["data"]["interaction"]["call_id"], "abc@pbx");
+    assert_eq!(pop["data"]["agent"], "alice");
+    assert!(pop["data"]["offer_expires_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    ack(&mut ws, pop["seq"].as_u64().unwrap()).await;
+
+    let (status, accepted) = app
+        .post(&format!("/v1/interactions/{id}/accept"), &alice, None)
+        .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["state"], "accepted");
+    let (status, completed) = app
+        .post(
+            &format!("/v1/interactions/{id}/complete"),
+            &alice,
+            Some(json!({"disposition": "resolved", "notes": "paid by card"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{completed}");
+    assert_eq!(completed["state"], "completed");
+    assert_eq!(next_event(&mut ws).await["type"], "interaction.accepted");
+    assert_eq!(next_event(&mut ws).await["type"], "interaction.completed");
+
+    let (status, read) = app.get(&format!("/v1/interactions/{id}"), &ivr).await;
+    assert_eq!(status, 200, "{read}");
+    let types: Vec<&str> = read["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "interaction.created",
+            "interaction.offered",
+            "interaction.accepted",
+            "interaction.completed"
+        ]
+    );
+    let seqs: Vec<u64> = read["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "history in seq order: {seqs:?}"
+    );
+    assert_eq!(read["disposition"], "resolved");
+    assert_eq!(read["context"], context);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_makes_one_interaction_and_one_pop() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let mut ws = app.stream("alice", &alice, None).await;
+    let body =
+        json!({"caller": "+1555", "context": {"a": 1, "b": [1, 2]}, "target": {"agent": "alice"}});
+    let send = |body: serde_json::Value| {
+        app.http
+            .post(app.url("/v1/interactions"))
+            .bearer_auth(&ivr)
+            .header("Idempotency-Key", "call-42")
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    // Equal as parsed JSON: the same object with its keys in another order.
+    let reordered =
+        json!({"target": {"agent": "alice"}, "context": {"b": [1, 2], "a": 1}, "caller": "+1555"});
+    let second = send(reordered).await.unwrap();
+    assert_eq!(second.status().as_u16(), 200);
+    let second: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    let different = send(json!({"caller": "+1999", "target": {"agent": "alice"}}))
+        .await
+        .unwrap();
+    assert_eq!(different.status().as_u16(), 422);
+
+    let pop = next_of_type(&mut ws, "interaction.offered").await;
+    assert_eq!(pop["subject"], first["id"]);
+    // A marker after the retries: the next event the agent sees must be it, not a second pop.
+    app.presence("alice", &alice, "busy").await;
+    let following = next_event(&mut ws).await;
+    assert_eq!(
+        following["type"], "agent.presence_changed",
+        "no second pop: {following}"
+    );
+
+    let admin_list = app.get("/v1/interactions", &app.admin).await.1;
+    assert_eq!(admin_list["interactions"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_agent_gets_exactly_what_it_missed_in_order_then_live_events() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", false).await;
+    let ivr = app.key("ivr").await;
+    // Capacity 3 so all three are offered while the agent is away from its desktop.
+    let (status, _) = app
+        .put(
+            "/v1/agents/alice",
+            &app.admin,
+            json!({"name": "Alice", "capacity": 4}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.presence("alice", &alice, "available").await;
+    let mut ws = app.stream("alice", &alice, None).await;
+    let presence = next_event(&mut ws).await;
+    let last_seen = presence["seq"].as_u64().unwrap();
+    drop(ws);
+
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let created = app
+            .create_interaction(
+                &ivr,
+                json!({"caller": format!("+1555000{n}"), "target": {"agent": "alice"}}),
+            )
+            .await;
+        assert_eq!(created["state"], "offered");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let mut ws = app.stream("alice", &alice, Some(last_seen)).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(&mut ws).await;
+        assert_eq!(event["type"], "interaction.offered");
+        seen.push(event["subject"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen, ids);
+    let live = app
+        .create_interaction(
+            &ivr,
+            json!({"caller": "+15550009", "target": {"agent": "alice"}}),
+        )
+        .await;
+    let event = next_event(&mut ws).await;
+    assert_eq!(event["type"], "interaction.offered");
+    assert_eq!(event["subject"], live["id"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_after_the_stream_resumes_after_the_durable_ack() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let mut ws = app.stream("alice", &alice, Some(0)).await;
+    let presence = next_event(&mut ws).await;
+    assert_eq!(presence["type"], "agent.presence_changed");
+    let first = app
+        .create_interaction(&ivr, json!({"target": {"agent": "alice"}}))
+        .await;
+    let pop = next_event(&mut ws).await;
+    assert_eq!(pop["subject"], first["id"]);
+    ack(&mut ws, pop["seq"].as_u64().unwrap()).await;
+    // The ack is durable: wait until the agent record shows it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let agent = app.get("/v1/agents/alice", &app.admin).await.1;
+        if agent["acked_seq"] == pop["seq"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack not recorded: {agent}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(ws);
+    let (status, _) = app
+        .post(
+            &format!("/v1/interactions/{}/reject", first["id"].as_str().unwrap()),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut ws = app.stream("alice", &alice, None).await;
+    let next = next_event(&mut ws).await;
+    assert_eq!(
+        next["type"], "interaction.rejected",
+        "resumes right after the ack: {next}"
+    );
+    app.stop().await;
+}

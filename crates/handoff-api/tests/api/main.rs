@@ -1,0 +1,11 @@
+//! The API's integration tests: one binary, every test against a real server on port 0 with a
+//! temporary data directory and the real SQLite store.
+
+mod bad_input;
+mod handoff_flow;
+mod isolation;
+mod presence;
+mod replay;
+mod stream_lifecycle;
+
+pub mod support;

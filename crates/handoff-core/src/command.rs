@@ -1,0 +1,84 @@
+//! Commands: what callers ask of the state machine, and why it may refuse.
+
+use crate::agent::{AgentProfile, PresenceSource, PresenceStatus};
+use crate::ids::{AgentId, InteractionId};
+use crate::interaction::{InteractionSpec, InteractionState, Target};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create or replace an agent's profile.
+    UpsertAgent {
+        profile: AgentProfile,
+    },
+    DeleteAgent {
+        agent: AgentId,
+    },
+    SetPresence {
+        agent: AgentId,
+        status: PresenceStatus,
+        reason: Option<String>,
+        source: PresenceSource,
+    },
+    CreateInteraction {
+        spec: InteractionSpec,
+    },
+    Accept {
+        id: InteractionId,
+        agent: AgentId,
+    },
+    Reject {
+        id: InteractionId,
+        agent: AgentId,
+    },
+    Complete {
+        id: InteractionId,
+        agent: AgentId,
+        disposition: Option<String>,
+        notes: Option<String>,
+    },
+    Transfer {
+        id: InteractionId,
+        agent: AgentId,
+        target: Target,
+        fallback: Option<Target>,
+        note: Option<String>,
+    },
+    /// The caller is gone.
+    Hangup {
+        id: InteractionId,
+    },
+    /// The agent's last stream closed and stayed closed for the grace period.
+    ConnectionLost {
+        agent: AgentId,
+    },
+    /// Time passed: expire every offer whose deadline is at or before `now`.
+    Tick,
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no agent with id {0}")]
+    UnknownAgent(AgentId),
+    #[error("no interaction with id {0}")]
+    UnknownInteraction(InteractionId),
+    #[error("the target agent {0} does not exist")]
+    UnknownTargetAgent(AgentId),
+    #[error("the target queue {0} does not exist")]
+    UnknownTargetQueue(String),
+    #[error("an interaction with id {0} already exists")]
+    DuplicateInteraction(InteractionId),
+    #[error("cannot {action} an interaction that is {}", state.as_str())]
+    WrongState {
+        action: &'static str,
+        state: InteractionState,
+    },
+    #[error("interaction {id} is not offered to or held by agent {agent}")]
+    NotHeldByAgent { id: InteractionId, agent: AgentId },
+    #[error("agent {0} holds accepted interactions; complete or transfer them first")]
+    AgentHoldsInteractions(AgentId),
+    #[error("an interaction cannot be transferred to the agent who holds it")]
+    TransferToSelf,
+    #[error("the fallback must differ from the target")]
+    FallbackSameAsTarget,
+}

@@ -1,0 +1,211 @@
+//! The closed set of events: every change to the state is one of these, appended to the log.
+
+use crate::agent::{AgentProfile, Presence};
+use crate::ids::{AgentId, InteractionId, Timestamp};
+use crate::interaction::{InteractionSpec, Target};
+
+/// Why an offer ended without an accept or a reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OfferEndReason {
+    /// The offer's deadline passed.
+    TimedOut,
+    /// The agent's last stream closed and the grace period passed.
+    ConnectionLost,
+    /// The caller hung up.
+    Abandoned,
+    /// The agent was deleted.
+    AgentDeleted,
+}
+
+impl OfferEndReason {
+    pub const ALL: [OfferEndReason; 4] = [
+        OfferEndReason::TimedOut,
+        OfferEndReason::ConnectionLost,
+        OfferEndReason::Abandoned,
+        OfferEndReason::AgentDeleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferEndReason::TimedOut => "timed_out",
+            OfferEndReason::ConnectionLost => "connection_lost",
+            OfferEndReason::Abandoned => "abandoned",
+            OfferEndReason::AgentDeleted => "agent_deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OfferEndReason> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    AgentCreated {
+        profile: AgentProfile,
+        presence: Presence,
+    },
+    AgentUpdated {
+        profile: AgentProfile,
+        at: Timestamp,
+    },
+    AgentDeleted {
+        agent: AgentId,
+        at: Timestamp,
+    },
+    PresenceChanged {
+        agent: AgentId,
+        presence: Presence,
+    },
+    InteractionCreated {
+        spec: InteractionSpec,
+    },
+    InteractionQueued {
+        id: InteractionId,
+        target: Target,
+        at: Timestamp,
+    },
+    InteractionOffered {
+        id: InteractionId,
+        agent: AgentId,
+        /// The target this offer serves (the original, a fallback or a transfer's).
+        target: Target,
+        expires_at: Timestamp,
+        at: Timestamp,
+    },
+    OfferRevoked {
+        id: InteractionId,
+        agent: AgentId,
+        reason: OfferEndReason,
+        at: Timestamp,
+    },
+    InteractionAccepted {
+        id: InteractionId,
+        agent: AgentId,
+        at: Timestamp,
+    },
+    InteractionRejected {
+        id: InteractionId,
+        agent: AgentId,
+        at: Timestamp,
+    },
+    InteractionTransferred {
+        id: InteractionId,
+        from: AgentId,
+        target: Target,
+        fallback: Option<Target>,
+        note: Option<String>,
+        at: Timestamp,
+    },
+    /// The caller hung up after an accept: the agent goes to wrap-up.
+    InteractionEnded {
+        id: InteractionId,
+        agent: AgentId,
+        at: Timestamp,
+    },
+    /// The caller hung up before any accept.
+    InteractionAbandoned {
+        id: InteractionId,
+        at: Timestamp,
+    },
+    /// An agent target's offer ended without an accept and no fallback was left.
+    InteractionUnanswered {
+        id: InteractionId,
+        at: Timestamp,
+    },
+    InteractionCompleted {
+        id: InteractionId,
+        agent: AgentId,
+        disposition: Option<String>,
+        notes: Option<String>,
+        at: Timestamp,
+    },
+}
+
+impl Event {
+    /// The CloudEvents `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::AgentCreated { .. } => "agent.created",
+            Event::AgentUpdated { .. } => "agent.updated",
+            Event::AgentDeleted { .. } => "agent.deleted",
+            Event::PresenceChanged { .. } => "agent.presence_changed",
+            Event::InteractionCreated { .. } => "interaction.created",
+            Event::InteractionQueued { .. } => "interaction.queued",
+            Event::InteractionOffered { .. } => "interaction.offered",
+            Event::OfferRevoked { .. } => "interaction.offer_revoked",
+            Event::InteractionAccepted { .. } => "interaction.accepted",
+            Event::InteractionRejected { .. } => "interaction.rejected",
+            Event::InteractionTransferred { .. } => "interaction.transferred",
+            Event::InteractionEnded { .. } => "interaction.ended",
+            Event::InteractionAbandoned { .. } => "interaction.abandoned",
+            Event::InteractionUnanswered { .. } => "interaction.unanswered",
+            Event::InteractionCompleted { .. } => "interaction.completed",
+        }
+    }
+
+    /// The CloudEvents `subject`: the interaction or agent the event is about.
+    pub fn subject(&self) -> &str {
+        match self {
+            Event::AgentCreated { profile, .. } | Event::AgentUpdated { profile, .. } => {
+                profile.id.as_str()
+            }
+            Event::AgentDeleted { agent, .. } | Event::PresenceChanged { agent, .. } => {
+                agent.as_str()
+            }
+            Event::InteractionCreated { spec } => spec.id.as_str(),
+            Event::InteractionQueued { id, .. }
+            | Event::InteractionOffered { id, .. }
+            | Event::OfferRevoked { id, .. }
+            | Event::InteractionAccepted { id, .. }
+            | Event::InteractionRejected { id, .. }
+            | Event::InteractionTransferred { id, .. }
+            | Event::InteractionEnded { id, .. }
+            | Event::InteractionAbandoned { id, .. }
+            | Event::InteractionUnanswered { id, .. }
+            | Event::InteractionCompleted { id, .. } => id.as_str(),
+        }
+    }
+
+    /// When it happened.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Event::AgentCreated { presence, .. } => presence.since,
+            Event::PresenceChanged { presence, .. } => presence.since,
+            Event::InteractionCreated { spec } => spec.created_at,
+            Event::AgentUpdated { at, .. }
+            | Event::AgentDeleted { at, .. }
+            | Event::InteractionQueued { at, .. }
+            | Event::InteractionOffered { at, .. }
+            | Event::OfferRevoked { at, .. }
+            | Event::InteractionAccepted { at, .. }
+            | Event::InteractionRejected { at, .. }
+            | Event::InteractionTransferred { at, .. }
+            | Event::InteractionEnded { at, .. }
+            | Event::InteractionAbandoned { at, .. }
+            | Event::InteractionUnanswered { at, .. }
+            | Event::InteractionCompleted { at, .. } => *at,
+        }
+    }
+
+    /// The interaction the event is about, if any.
+    pub fn interaction_id(&self) -> Option<&InteractionId> {
+        match self {
+            Event::AgentCreated { .. }
+            | Event::AgentUpdated { .. }
+            | Event::AgentDeleted { .. }
+            | Event::PresenceChanged { .. } => None,
+            Event::InteractionCreated { spec } => Some(&spec.id),
+            Event::InteractionQueued { id, .. }
+            | Event::InteractionOffered { id, .. }
+            | Event::OfferRevoked { id, .. }
+            | Event::InteractionAccepted { id, .. }
+            | Event::InteractionRejected { id, .. }
+            | Event::InteractionTransferred { id, .. }
+            | Event::InteractionEnded { id, .. }
+            | Event::InteractionAbandoned { id, .. }
+            | Event::InteractionUnanswered { id, .. }
+            | Event::InteractionCompleted { id, .. } => Some(id),
+        }
+    }
+}

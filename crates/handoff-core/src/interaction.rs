@@ -1,0 +1,111 @@
+//! Interactions: one caller handed from an IVR to an agent, from creation to a terminal state.
+
+use std::collections::BTreeSet;
+
+use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
+
+/// Where an interaction should go: a named agent, or a queue (routing picks the agent).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Agent(AgentId),
+    Queue(QueueName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InteractionState {
+    Queued,
+    Offered,
+    Accepted,
+    WrapUp,
+    Completed,
+    Abandoned,
+    Unanswered,
+    TimedOut,
+}
+
+impl InteractionState {
+    pub const ALL: [InteractionState; 8] = [
+        InteractionState::Queued,
+        InteractionState::Offered,
+        InteractionState::Accepted,
+        InteractionState::WrapUp,
+        InteractionState::Completed,
+        InteractionState::Abandoned,
+        InteractionState::Unanswered,
+        InteractionState::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InteractionState::Queued => "queued",
+            InteractionState::Offered => "offered",
+            InteractionState::Accepted => "accepted",
+            InteractionState::WrapUp => "wrap_up",
+            InteractionState::Completed => "completed",
+            InteractionState::Abandoned => "abandoned",
+            InteractionState::Unanswered => "unanswered",
+            InteractionState::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<InteractionState> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            InteractionState::Completed
+                | InteractionState::Abandoned
+                | InteractionState::Unanswered
+                | InteractionState::TimedOut
+        )
+    }
+}
+
+/// What the IVR said when it created the interaction; never changes afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InteractionSpec {
+    pub id: InteractionId,
+    pub caller: Option<String>,
+    pub dialed: Option<String>,
+    pub channel: String,
+    pub call_id: Option<String>,
+    /// The caller's data as serialized JSON text; the core never looks inside.
+    pub context: String,
+    pub target: Target,
+    pub fallback: Option<Target>,
+    pub priority: i32,
+    /// The API key that created it (the IVR may read and hang up its own interactions).
+    pub created_by: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interaction {
+    pub spec: InteractionSpec,
+    pub state: InteractionState,
+    /// Where it is headed now: the original target, a fallback, or a transfer's target.
+    pub current_target: Target,
+    /// The fallback not used yet for the current target.
+    pub pending_fallback: Option<Target>,
+    /// The agent it is offered or assigned to now.
+    pub agent: Option<AgentId>,
+    pub offer_expires_at: Option<Timestamp>,
+    /// Every agent it was ever offered or assigned to: they may read it.
+    pub involved_agents: BTreeSet<AgentId>,
+    /// When it last joined a line of waiting callers; orders callers of equal priority.
+    pub waiting_since: Timestamp,
+    /// Breaks ties between equal `waiting_since` in append order.
+    pub waiting_order: u64,
+    pub last_transfer_note: Option<String>,
+    pub disposition: Option<String>,
+    pub notes: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+impl Interaction {
+    pub fn id(&self) -> &InteractionId {
+        &self.spec.id
+    }
+}

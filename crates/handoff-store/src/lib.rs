@@ -1,0 +1,164 @@
+//! The durable store: an append-only event log plus the few rows that are not events
+//! (API keys, idempotency records, ack cursors, offer deadlines), behind one `Store` trait.
+//!
+//! The store knows nothing of HTTP, JSON or the domain: an event is a `seq`, a type name, a
+//! subject, a time, the agents it is for and an opaque text payload. Every `commit` is one
+//! transaction; when it returns `Ok` the batch is durable under the configured `Durability`.
+
+pub mod conformance;
+mod sqlite;
+
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+/// Position of an event in the log: starts at 1, strictly increasing, never reused.
+pub type SeqNumber = u64;
+
+/// How hard a commit waits for the disk before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before a commit returns (SQLite `synchronous=FULL`). The default.
+    Fsync,
+    /// Leave flushing to the operating system (SQLite `synchronous=NORMAL`): survives a process
+    /// crash, may lose the last commits on power loss.
+    Os,
+}
+
+/// Which backend to open.
+#[derive(Debug, Clone)]
+pub enum StoreEngine {
+    /// Embedded SQLite in `<data_dir>/handoff.db`.
+    Sqlite {
+        data_dir: std::path::PathBuf,
+        durability: Durability,
+    },
+}
+
+/// Opens the backend named by `engine`, creating its schema when missing.
+pub async fn open(engine: StoreEngine) -> Result<Arc<dyn Store>, StoreError> {
+    match engine {
+        StoreEngine::Sqlite {
+            data_dir,
+            durability,
+        } => Ok(Arc::new(SqliteStore::open(&data_dir, durability)?) as Arc<dyn Store>),
+    }
+}
+
+/// One event as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: SeqNumber,
+    /// CloudEvents `type`, e.g. `interaction.offered`.
+    pub event_type: String,
+    /// Interaction or agent id the event is about.
+    pub subject: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The agents this event is for, fixed at append time (may be empty).
+    pub agents: Vec<String>,
+    /// The event as its wire form (opaque to the store).
+    pub payload: String,
+}
+
+/// An API key or an agent token; only the SHA-256 of the token is ever stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    /// `admin`, `ivr`, `supervisor`, `presence` or `agent`.
+    pub role: String,
+    pub name: String,
+    /// Set for agent tokens.
+    pub agent_id: Option<String>,
+    pub token_sha256: [u8; 32],
+    pub created_ms: i64,
+}
+
+/// The answer recorded for an `Idempotency-Key`, so a retry finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key (API key id) that made the request: idempotency is per calling key.
+    pub key_id: String,
+    pub idempotency_key: String,
+    /// SHA-256 of the canonical request body.
+    pub body_sha256: [u8; 32],
+    pub interaction_id: String,
+    pub created_ms: i64,
+}
+
+/// An open offer's deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferDeadline {
+    pub interaction_id: String,
+    pub agent_id: String,
+    pub expires_ms: i64,
+}
+
+/// Everything one commit writes, in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Must continue the log: the first `seq` is head + 1, each next one + 1.
+    pub events: Vec<StoredEvent>,
+    /// Ack cursors `(agent_id, seq)`; a cursor never moves backwards (the larger value wins).
+    pub acks: Vec<(String, SeqNumber)>,
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// Offer deadlines to insert or replace (keyed by interaction id).
+    pub deadlines_set: Vec<OfferDeadline>,
+    /// Interaction ids whose offer deadline is gone.
+    pub deadlines_cleared: Vec<String>,
+    pub keys_added: Vec<KeyRecord>,
+    /// Key ids to delete.
+    pub keys_revoked: Vec<String>,
+    /// Agent ids whose ack cursor is deleted (the agent was deleted).
+    pub acks_deleted: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self == &Batch::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Backend(String),
+    #[error("the batch does not continue the log: expected seq {expected}, got {got}")]
+    SeqOutOfOrder { expected: SeqNumber, got: SeqNumber },
+    #[error("the store is closed")]
+    Closed,
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+/// The durable store. Every backend passes `conformance::run_all`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes the whole batch in one transaction, durably; concurrent callers may be grouped
+    /// into one transaction (group commit). Either all of a batch is written or none of it.
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// The highest `seq` in the log, 0 when empty.
+    async fn head(&self) -> Result<SeqNumber, StoreError>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn events_after(
+        &self,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Events for `agent_id` with `seq > after`, in order, at most `limit`.
+    async fn agent_events_after(
+        &self,
+        agent_id: &str,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Events whose subject is `subject`, in order.
+    async fn subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    async fn acks(&self) -> Result<Vec<(String, SeqNumber)>, StoreError>;
+    /// Idempotency records created at or after `since_ms`.
+    async fn idempotency_since(&self, since_ms: i64) -> Result<Vec<IdempotencyRecord>, StoreError>;
+    /// Deletes idempotency records created before `before_ms`; returns how many.
+    async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError>;
+    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError>;
+}

@@ -1,0 +1,936 @@
+//! The SQLite backend: one writer thread that group-commits batches into a WAL database, and a
+//! small pool of read-only connections that read beside it.
+//!
+//! SQLite allows one writer at a time, and with `synchronous=FULL` every transaction costs an
+//! fsync. Funnelling all writes through one thread that takes whatever is queued and writes it
+//! in one transaction turns N concurrent commits into one fsync instead of N, without callers
+//! having to coordinate. WAL mode lets the read connections see the last committed state
+//! without waiting for the writer.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::{
+    Batch, Durability, IdempotencyRecord, KeyRecord, OfferDeadline, SeqNumber, Store, StoreError,
+    StoredEvent,
+};
+
+/// File name of the database inside the data directory.
+const DB_FILE: &str = "handoff.db";
+
+/// `PRAGMA user_version` of the schema this build writes. A database with a higher version was
+/// written by a newer build and is refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Bound on queued commits: beyond it, committers wait, which pushes back on whoever produces
+/// events faster than the disk can take them.
+const QUEUE_CAPACITY: usize = 1024;
+
+/// Bound on batches in one transaction, so one transaction (and the latency of the first batch
+/// in it) stays bounded under a flood.
+const MAX_GROUP: usize = 256;
+
+/// Read connections kept open; also the number of reads running at once.
+const READERS: usize = 4;
+
+/// Only the checkpointer or another process can hold the lock we want; waiting a little beats
+/// failing a commit.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX events_subject_seq ON events (subject, seq);
+
+-- `pos` keeps the order the agents were given in; an agent listed twice for one event is kept
+-- once, at its first position.
+CREATE TABLE event_agents (
+    agent_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, seq)
+) WITHOUT ROWID;
+-- Reading an event back needs its agents by seq; the primary key only serves by agent.
+CREATE INDEX event_agents_seq_pos ON event_agents (seq, pos);
+
+CREATE TABLE acks (
+    agent_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+
+CREATE TABLE idempotency (
+    key_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL,
+    interaction_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idempotency_key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_created_ms ON idempotency (created_ms);
+
+CREATE TABLE offer_deadlines (
+    interaction_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    agent_id TEXT,
+    token_sha256 BLOB NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL
+);
+";
+
+/// What the writer thread is asked to do. Purging is a write too, so it queues with commits.
+enum Request {
+    Commit {
+        batch: Batch,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Purge {
+        before_ms: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+}
+
+impl Request {
+    fn fail(self, err: StoreError) {
+        // A caller that gave up waiting has nobody to tell.
+        match self {
+            Request::Commit { reply, .. } => drop(reply.send(Err(err))),
+            Request::Purge { reply, .. } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// A request written into the open transaction, answered once the transaction's fate is known.
+enum Written {
+    Commit(oneshot::Sender<Result<(), StoreError>>),
+    Purge(oneshot::Sender<Result<usize, StoreError>>, usize),
+}
+
+impl Written {
+    fn succeed(self) {
+        match self {
+            Written::Commit(reply) => drop(reply.send(Ok(()))),
+            Written::Purge(reply, n) => drop(reply.send(Ok(n))),
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Written::Commit(reply) => drop(reply.send(Err(err))),
+            Written::Purge(reply, _) => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+/// The store over `<data_dir>/handoff.db`.
+///
+/// Dropping it closes the write queue and waits for the writer thread to finish what was
+/// already queued, so a reopen right after sees every commit that returned `Ok`.
+///
+/// A `commit` whose future is dropped before it resolves may still be written: the batch is
+/// already queued, and the log has no way to take it back.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// `None` only during drop, to close the queue before joining the writer.
+    queue: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    /// Published by the writer after each successful transaction.
+    head: Arc<AtomicU64>,
+    readers: Arc<ReadPool>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("head", &self.head.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the store in `data_dir`, brings its schema up to date and
+    /// starts its writer thread.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        create_data_dir(data_dir).map_err(|reason| StoreError::Open {
+            path: data_dir.display().to_string(),
+            reason,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+
+        let mut conn = open_writer(&path, durability).map_err(open_err)?;
+        migrate(&mut conn).map_err(open_err)?;
+        let head =
+            read_head(&conn).map_err(|e| open_err(format!("cannot read the log head: {e}")))?;
+        // Opened now rather than on first read so that a database readers cannot open fails
+        // here, where the operator looks, and not on some later request.
+        let first_reader = open_reader(&path).map_err(open_err)?;
+
+        let shared_head = Arc::new(AtomicU64::new(head));
+        let (queue, requests) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            conn,
+            head,
+            shared_head: Arc::clone(&shared_head),
+        };
+        let handle = std::thread::Builder::new()
+            .name("handoff-store-writer".into())
+            .spawn(move || writer.run(requests))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+
+        Ok(Self {
+            readers: Arc::new(ReadPool {
+                path: path.clone(),
+                idle: Mutex::new(vec![first_reader]),
+                permits: Arc::new(Semaphore::new(READERS)),
+            }),
+            path,
+            queue: Some(queue),
+            writer: Some(handle),
+            head: shared_head,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn enqueue(&self, request: Request) -> Result<(), StoreError> {
+        let queue = self.queue.as_ref().ok_or(StoreError::Closed)?;
+        match queue.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+            // The queue is full: wait for room off the async workers, which must not block.
+            Err(TrySendError::Full(request)) => {
+                let queue = queue.clone();
+                // The request comes back inside a send error; only the fact of closing matters.
+                tokio::task::spawn_blocking(move || queue.send(request).map_err(drop))
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("queueing a write failed: {e}")))?
+                    .map_err(|()| StoreError::Closed)
+            }
+        }
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    async fn read<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.readers.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let conn = pool.take()?;
+            let out = f(&conn).map_err(|e| StoreError::Backend(format!("{what}: {e}")));
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("{what}: the read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the queue is what tells the writer to stop, once it has drained it.
+        drop(self.queue.take());
+        if let Some(handle) = self.writer.take() {
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the store writer thread panicked");
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        // Nothing to make durable, so no reason to queue behind real writes or cost an fsync.
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Request::Commit { batch, reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn head(&self) -> Result<SeqNumber, StoreError> {
+        Ok(self.head.load(Ordering::Acquire))
+    }
+
+    async fn events_after(
+        &self,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read("reading events", move |conn| {
+            let mut events = conn
+                .prepare_cached(
+                    "SELECT seq, type, subject, time_ms, payload FROM events
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![seq_bound(after), sql_limit(limit)], event_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            attach_agents(conn, &mut events)?;
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn agent_events_after(
+        &self,
+        agent_id: &str,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let agent_id = agent_id.to_owned();
+        self.read("reading an agent's events", move |conn| {
+            let mut events = conn
+                .prepare_cached(
+                    "SELECT e.seq, e.type, e.subject, e.time_ms, e.payload
+                     FROM event_agents a JOIN events e ON e.seq = a.seq
+                     WHERE a.agent_id = ?1 AND a.seq > ?2 ORDER BY a.seq LIMIT ?3",
+                )?
+                .query_map(
+                    params![agent_id, seq_bound(after), sql_limit(limit)],
+                    event_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            attach_agents(conn, &mut events)?;
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let subject = subject.to_owned();
+        self.read("reading a subject's events", move |conn| {
+            let mut events = conn
+                .prepare_cached(
+                    "SELECT seq, type, subject, time_ms, payload FROM events
+                     WHERE subject = ?1 ORDER BY seq",
+                )?
+                .query_map(params![subject], event_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            attach_agents(conn, &mut events)?;
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read("reading keys", |conn| {
+            conn.prepare_cached(
+                "SELECT id, role, name, agent_id, token_sha256, created_ms FROM keys ORDER BY id",
+            )?
+            .query_map([], |row| {
+                Ok(KeyRecord {
+                    id: row.get(0)?,
+                    role: row.get(1)?,
+                    name: row.get(2)?,
+                    agent_id: row.get(3)?,
+                    token_sha256: row.get(4)?,
+                    created_ms: row.get(5)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn acks(&self) -> Result<Vec<(String, SeqNumber)>, StoreError> {
+        self.read("reading acks", |conn| {
+            conn.prepare_cached("SELECT agent_id, seq FROM acks ORDER BY agent_id")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn idempotency_since(&self, since_ms: i64) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.read("reading idempotency records", move |conn| {
+            conn.prepare_cached(
+                "SELECT key_id, idempotency_key, body_sha256, interaction_id, created_ms
+                 FROM idempotency WHERE created_ms >= ?1
+                 ORDER BY created_ms, key_id, idempotency_key",
+            )?
+            .query_map(params![since_ms], |row| {
+                Ok(IdempotencyRecord {
+                    key_id: row.get(0)?,
+                    idempotency_key: row.get(1)?,
+                    body_sha256: row.get(2)?,
+                    interaction_id: row.get(3)?,
+                    created_ms: row.get(4)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Request::Purge { before_ms, reply }).await?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
+        self.read("reading offer deadlines", |conn| {
+            conn.prepare_cached(
+                "SELECT interaction_id, agent_id, expires_ms FROM offer_deadlines
+                 ORDER BY expires_ms, interaction_id",
+            )?
+            .query_map([], |row| {
+                Ok(OfferDeadline {
+                    interaction_id: row.get(0)?,
+                    agent_id: row.get(1)?,
+                    expires_ms: row.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+}
+
+/// Owns the only write connection; lives on its own thread.
+struct Writer {
+    conn: Connection,
+    /// Head as of the last successful transaction: the seq the next batch must continue.
+    head: SeqNumber,
+    shared_head: Arc<AtomicU64>,
+}
+
+impl Writer {
+    fn run(mut self, requests: Receiver<Request>) {
+        // `recv` fails once every sender is gone and the queue is drained: that is shutdown.
+        while let Ok(first) = requests.recv() {
+            let mut group = Vec::with_capacity(16);
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.write_group(group);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    /// Writes every request of `group` in one transaction and answers each.
+    ///
+    /// Each batch runs in its own savepoint, so a batch that is refused (seq not continuing the
+    /// log) or fails (a constraint) is rolled back alone and the rest of the group still
+    /// commits. Only a failure of the transaction itself fails the whole group.
+    fn write_group(&mut self, group: Vec<Request>) {
+        let started = Instant::now();
+        let size = group.len();
+        let mut head = self.head;
+        let mut written = Vec::with_capacity(size);
+
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, batches = size, "store: cannot begin a transaction");
+                for request in group {
+                    request.fail(StoreError::Backend(format!("beginning a transaction: {e}")));
+                }
+                return;
+            }
+        };
+
+        let mut broken: Option<String> = None;
+        for request in group {
+            if let Some(reason) = &broken {
+                request.fail(StoreError::Backend(reason.clone()));
+                continue;
+            }
+            match request {
+                Request::Commit { batch, reply } => {
+                    if let Err(e) = check_seq(&batch, head) {
+                        drop(reply.send(Err(e)));
+                        continue;
+                    }
+                    match in_savepoint(&mut tx, |conn| apply_batch(conn, &batch)) {
+                        Ok(()) => {
+                            if let Some(last) = batch.events.last() {
+                                head = last.seq;
+                            }
+                            written.push(Written::Commit(reply));
+                        }
+                        Err(SavepointError::RolledBack(e)) => {
+                            tracing::warn!(error = %e, "store: a batch failed and was rolled back");
+                            drop(reply.send(Err(e)));
+                        }
+                        Err(SavepointError::Broken(e)) => {
+                            drop(reply.send(Err(StoreError::Backend(e.clone()))));
+                            broken = Some(e);
+                        }
+                    }
+                }
+                Request::Purge { before_ms, reply } => {
+                    match in_savepoint(&mut tx, |conn| purge_idempotency(conn, before_ms)) {
+                        Ok(n) => written.push(Written::Purge(reply, n)),
+                        Err(SavepointError::RolledBack(e)) => drop(reply.send(Err(e))),
+                        Err(SavepointError::Broken(e)) => {
+                            drop(reply.send(Err(StoreError::Backend(e.clone()))));
+                            broken = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+
+        let outcome = match broken {
+            // A batch's savepoint could not be undone, so the transaction may hold half of it.
+            Some(reason) => {
+                drop(tx.rollback());
+                Err(reason)
+            }
+            None => tx
+                .commit()
+                .map_err(|e| format!("committing a transaction: {e}")),
+        };
+        match outcome {
+            Ok(()) => {
+                self.head = head;
+                self.shared_head.store(head, Ordering::Release);
+                written.into_iter().for_each(Written::succeed);
+            }
+            Err(reason) => {
+                tracing::error!(error = %reason, batches = written.len(), "store: transaction failed");
+                // The failed transaction was rolled back; reread rather than trust that.
+                if let Ok(h) = read_head(&self.conn) {
+                    self.head = h;
+                    self.shared_head.store(h, Ordering::Release);
+                }
+                for w in written {
+                    w.fail(StoreError::Backend(reason.clone()));
+                }
+            }
+        }
+
+        metrics::histogram!("handoff_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("handoff_store_group_size").record(size as f64);
+    }
+}
+
+enum SavepointError {
+    /// The work failed and its savepoint was rolled back: the transaction is as before it.
+    RolledBack(StoreError),
+    /// Even the rollback failed: the transaction can no longer be trusted.
+    Broken(String),
+}
+
+fn in_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, SavepointError> {
+    let sp = tx
+        .savepoint()
+        .map_err(|e| SavepointError::Broken(format!("opening a savepoint: {e}")))?;
+    match work(&sp) {
+        Ok(out) => {
+            sp.commit()
+                .map_err(|e| SavepointError::Broken(format!("releasing a savepoint: {e}")))?;
+            Ok(out)
+        }
+        // `finish` rolls back (the default drop behaviour) and reports whether that worked.
+        Err(e) => match sp.finish() {
+            Ok(()) => Err(SavepointError::RolledBack(e)),
+            Err(rollback) => Err(SavepointError::Broken(format!(
+                "rolling back a failed batch ({e}) failed: {rollback}"
+            ))),
+        },
+    }
+}
+
+/// Refuses a batch whose events do not continue the log at `head`.
+fn check_seq(batch: &Batch, head: SeqNumber) -> Result<(), StoreError> {
+    for (expected, event) in (head + 1..).zip(&batch.events) {
+        if event.seq != expected {
+            return Err(StoreError::SeqOutOfOrder {
+                expected,
+                got: event.seq,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes one batch. Fields apply in declaration order, so within one batch a deadline that is
+/// both set and cleared ends cleared, and an agent both acked and deleted ends with no cursor.
+fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
+    if !batch.events.is_empty() {
+        let mut event = conn
+            .prepare_cached(
+                "INSERT INTO events (seq, type, subject, time_ms, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(fail("preparing the event insert"))?;
+        let mut agent = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO event_agents (agent_id, seq, pos) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(fail("preparing the event agent insert"))?;
+        for e in &batch.events {
+            let seq = seq_value(e.seq)?;
+            event
+                .execute(params![seq, e.event_type, e.subject, e.time_ms, e.payload])
+                .map_err(fail(format_args!("writing event {}", e.seq)))?;
+            for (pos, agent_id) in e.agents.iter().enumerate() {
+                agent
+                    .execute(params![agent_id, seq, pos as i64])
+                    .map_err(fail(format_args!("writing the agents of event {}", e.seq)))?;
+            }
+        }
+    }
+
+    if !batch.acks.is_empty() {
+        let mut ack = conn
+            .prepare_cached(
+                "INSERT INTO acks (agent_id, seq) VALUES (?1, ?2)
+                 ON CONFLICT (agent_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            )
+            .map_err(fail("preparing the ack upsert"))?;
+        for (agent_id, seq) in &batch.acks {
+            ack.execute(params![agent_id, seq_value(*seq)?])
+                .map_err(fail(format_args!("writing the ack of {agent_id}")))?;
+        }
+    }
+
+    if !batch.idempotency.is_empty() {
+        // A plain insert: a second record under the same key means two requests both believed
+        // they were first, and the later one must not silently win or vanish.
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO idempotency
+                 (key_id, idempotency_key, body_sha256, interaction_id, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(fail("preparing the idempotency insert"))?;
+        for r in &batch.idempotency {
+            insert
+                .execute(params![
+                    r.key_id,
+                    r.idempotency_key,
+                    r.body_sha256,
+                    r.interaction_id,
+                    r.created_ms
+                ])
+                .map_err(fail("writing an idempotency record"))?;
+        }
+    }
+
+    if !batch.deadlines_set.is_empty() {
+        let mut set = conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO offer_deadlines (interaction_id, agent_id, expires_ms)
+                 VALUES (?1, ?2, ?3)",
+            )
+            .map_err(fail("preparing the deadline upsert"))?;
+        for d in &batch.deadlines_set {
+            set.execute(params![d.interaction_id, d.agent_id, d.expires_ms])
+                .map_err(fail("writing an offer deadline"))?;
+        }
+    }
+
+    if !batch.deadlines_cleared.is_empty() {
+        let mut clear = conn
+            .prepare_cached("DELETE FROM offer_deadlines WHERE interaction_id = ?1")
+            .map_err(fail("preparing the deadline delete"))?;
+        for interaction_id in &batch.deadlines_cleared {
+            clear
+                .execute(params![interaction_id])
+                .map_err(fail("clearing an offer deadline"))?;
+        }
+    }
+
+    if !batch.keys_added.is_empty() {
+        let mut add = conn
+            .prepare_cached(
+                "INSERT INTO keys (id, role, name, agent_id, token_sha256, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(fail("preparing the key insert"))?;
+        for k in &batch.keys_added {
+            add.execute(params![
+                k.id,
+                k.role,
+                k.name,
+                k.agent_id,
+                k.token_sha256,
+                k.created_ms
+            ])
+            .map_err(fail(format_args!("adding key {}", k.id)))?;
+        }
+    }
+
+    if !batch.keys_revoked.is_empty() {
+        let mut revoke = conn
+            .prepare_cached("DELETE FROM keys WHERE id = ?1")
+            .map_err(fail("preparing the key delete"))?;
+        for id in &batch.keys_revoked {
+            revoke
+                .execute(params![id])
+                .map_err(fail(format_args!("revoking key {id}")))?;
+        }
+    }
+
+    if !batch.acks_deleted.is_empty() {
+        let mut delete = conn
+            .prepare_cached("DELETE FROM acks WHERE agent_id = ?1")
+            .map_err(fail("preparing the ack delete"))?;
+        for agent_id in &batch.acks_deleted {
+            delete
+                .execute(params![agent_id])
+                .map_err(fail(format_args!("deleting the ack of {agent_id}")))?;
+        }
+    }
+
+    Ok(())
+}
+
+/// Maps a rusqlite error to `Backend`, saying what was being done.
+fn fail(what: impl fmt::Display) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Backend(format!("{what}: {e}"))
+}
+
+fn purge_idempotency(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    conn.prepare_cached("DELETE FROM idempotency WHERE created_ms < ?1")
+        .and_then(|mut stmt| stmt.execute(params![before_ms]))
+        .map_err(|e| StoreError::Backend(format!("purging idempotency records: {e}")))
+}
+
+/// Connections for reads, opened lazily and kept for reuse.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Bounds reads in flight, and so the connections open at once, to `READERS`.
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .map_err(|_| StoreError::Backend("the read connection pool is poisoned".into()))?
+            .pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_reader(&self.path).map_err(StoreError::Backend),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+fn create_data_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            warn_if_shared(dir, &meta);
+            return Ok(());
+        }
+        Ok(_) => return Err("it exists and is not a directory".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot inspect it: {e}")),
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+        // The mode passed to mkdir is reduced by the umask; the store holds token hashes and
+        // wants exactly owner-only, whatever the umask.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make it owner-only: {e}"))
+    }
+    #[cfg(not(unix))]
+    {
+        builder
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))
+    }
+}
+
+/// An existing directory is the operator's to set up; say so when others can read it, but do
+/// not change it behind their back.
+fn warn_if_shared(dir: &Path, meta: &std::fs::Metadata) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %dir.display(),
+                mode = format_args!("{mode:o}"),
+                "the store's data directory is accessible to other users"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (dir, meta);
+    }
+}
+
+fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| format!("cannot open it: {e}"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| format!("cannot set busy_timeout: {e}"))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| format!("cannot switch to WAL: {e}"))?;
+    // SQLite answers with the mode it ended up in rather than failing, e.g. on file systems
+    // without shared memory; without WAL, reads would block behind the writer.
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("journal_mode is {mode}, WAL is required"));
+    }
+    let synchronous = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(|e| format!("cannot set synchronous={synchronous}: {e}"))?;
+    // A few more statements than the writer uses, so none is evicted and re-prepared.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, String> {
+    // No CREATE: a database missing here means it was removed under us, which must be an error
+    // and not a fresh empty log.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| format!("cannot open a read connection: {e}"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| format!("cannot set busy_timeout: {e}"))?;
+    // Opened read-write only because WAL readers need to touch the shared-memory index.
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| format!("cannot make a read connection query-only: {e}"))?;
+    Ok(conn)
+}
+
+/// Creates the schema on a new database; refuses one written by a newer build.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    // IMMEDIATE so that two processes opening a new database at once do not both create it.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| format!("cannot begin the schema check: {e}"))?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| format!("cannot read the schema version: {e}"))?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA)
+                .map_err(|e| format!("cannot create the schema: {e}"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| format!("cannot record the schema version: {e}"))?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(format!(
+                "its schema version is {other}, this build understands version {SCHEMA_VERSION}"
+            ))
+        }
+    }
+    tx.commit()
+        .map_err(|e| format!("cannot commit the schema: {e}"))
+}
+
+fn read_head(conn: &Connection) -> rusqlite::Result<SeqNumber> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| {
+        row.get(0)
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        event_type: row.get(1)?,
+        subject: row.get(2)?,
+        time_ms: row.get(3)?,
+        agents: Vec::new(),
+        payload: row.get(4)?,
+    })
+}
+
+/// Fills in each event's agents. Separate statements may see different snapshots, but the log
+/// is append-only and an event's agents are written in the same transaction as the event, so
+/// an event that was read always has all of its agents visible.
+fn attach_agents(conn: &Connection, events: &mut [StoredEvent]) -> rusqlite::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT agent_id FROM event_agents WHERE seq = ?1 ORDER BY pos")?;
+    for event in events {
+        event.agents = stmt
+            .query_map(params![seq_bound(event.seq)], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(())
+}
+
+/// A seq to be written: SQLite integers are signed, and a seq past `i64::MAX` cannot be stored.
+fn seq_value(seq: SeqNumber) -> Result<i64, StoreError> {
+    i64::try_from(seq)
+        .map_err(|_| StoreError::Backend(format!("seq {seq} does not fit in a SQLite integer")))
+}
+
+/// A seq used as a lower bound: anything past `i64::MAX` has nothing after it either.
+fn seq_bound(seq: SeqNumber) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,279 @@
+//! `handoff admin`: agents, presence and keys from the command line, plus the connection
+//! options and token lookup shared by every client command.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use handoff_client::protocol::{
+    CreateKeyRequest, PresenceStatus, PutAgentRequest, PutPresenceRequest,
+};
+use handoff_client::{AgentFilter, Client};
+use serde::Serialize;
+
+/// Where a client command finds the server and how it authenticates.
+#[derive(Args, Clone)]
+pub struct ConnArgs {
+    /// The server's base URL.
+    #[arg(long, global = true, env = "HANDOFF_URL", default_value = handoff_client::DEFAULT_URL)]
+    pub url: String,
+    /// The bearer token. Without one, the admin token that `handoff serve` stored in
+    /// `<data dir>/admin.token` is used (data dir: HANDOFF_DATA_DIR, else ./handoff-data).
+    #[arg(long, global = true, env = "HANDOFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Tokens are secrets: `Debug` leaves them out.
+impl fmt::Debug for ConnArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnArgs")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ConnArgs {
+    /// A client for these options, the token resolved by [`resolve_token`].
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = resolve_token(self.token.clone())?;
+        Ok(Client::new(&self.url, &token)?)
+    }
+}
+
+/// The token to use: `explicit` (from `--token` or `HANDOFF_TOKEN`) when given, else the local
+/// admin token in `<data dir>/admin.token`, so an admin can use the CLI right after
+/// `handoff serve` on the same machine.
+pub fn resolve_token(explicit: Option<String>) -> anyhow::Result<String> {
+    if let Some(token) = explicit {
+        let token = token.trim();
+        if !token.is_empty() {
+            return Ok(token.to_string());
+        }
+    }
+    let data_dir = std::env::var_os("HANDOFF_DATA_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from("./handoff-data"), PathBuf::from);
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => bail!(
+            "{} is empty; pass --token or set HANDOFF_TOKEN",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no token: pass --token or set HANDOFF_TOKEN \
+             (on the server's machine, {} is used when present; set HANDOFF_DATA_DIR to find it)",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Manage agents, presence and API keys.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Create, list, show and delete agents; issue desktop tokens.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Set an agent's presence.
+    Presence {
+        /// The agent's id.
+        id: String,
+        /// available, away, busy or offline.
+        #[arg(value_parser = parse_presence)]
+        status: PresenceStatus,
+        /// Why, e.g. "lunch".
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create an agent, or replace its profile.
+    Put {
+        /// The agent's id: [A-Za-z0-9._-]{1,64}.
+        id: String,
+        /// Its display name.
+        #[arg(long)]
+        name: String,
+        /// Where the IVR transfers its calls, e.g. sip:alice@pbx.example.com.
+        #[arg(long)]
+        address: Option<String>,
+        /// A skill and its level 0..=10; repeat for more.
+        #[arg(long = "skill", value_name = "NAME=LEVEL", value_parser = parse_skill)]
+        skills: Vec<(String, i64)>,
+        /// How many interactions it handles at once (default 1).
+        #[arg(long)]
+        capacity: Option<i64>,
+    },
+    /// List agents.
+    List {
+        /// Only agents with this presence.
+        #[arg(long, value_parser = parse_presence)]
+        status: Option<PresenceStatus>,
+        /// Only agents with this skill.
+        #[arg(long)]
+        skill: Option<String>,
+    },
+    /// Show one agent.
+    Get {
+        /// The agent's id.
+        id: String,
+    },
+    /// Delete an agent.
+    Delete {
+        /// The agent's id.
+        id: String,
+    },
+    /// Issue a token for the agent's desktop and print it (it is shown only once).
+    Token {
+        /// The agent's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an API key; its token is printed only once.
+    Create {
+        /// admin, ivr, supervisor or presence.
+        #[arg(long)]
+        role: String,
+        /// A name to recognise it by, e.g. main-ivr.
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (without their tokens).
+    List,
+    /// Revoke a key or an agent token at once, open streams included.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+}
+
+/// Runs `handoff admin`.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let client = args.conn.client()?;
+    match args.command {
+        AdminCommand::Agent(AgentCommand::Put {
+            id,
+            name,
+            address,
+            skills,
+            capacity,
+        }) => {
+            let request = PutAgentRequest {
+                name,
+                address,
+                skills: skills.into_iter().collect::<BTreeMap<_, _>>(),
+                capacity,
+            };
+            print_json(&client.put_agent(&id, &request).await?)
+        }
+        AdminCommand::Agent(AgentCommand::List { status, skill }) => {
+            print_json(&client.list_agents(&AgentFilter { status, skill }).await?)
+        }
+        AdminCommand::Agent(AgentCommand::Get { id }) => print_json(&client.get_agent(&id).await?),
+        AdminCommand::Agent(AgentCommand::Delete { id }) => {
+            client.delete_agent(&id).await?;
+            eprintln!("deleted agent {id}");
+            Ok(())
+        }
+        AdminCommand::Agent(AgentCommand::Token { id }) => {
+            let created = client.create_agent_token(&id).await?;
+            // The token alone on stdout, so `TOKEN=$(handoff admin agent token alice)` works.
+            println!("{}", created.token);
+            eprintln!(
+                "token for agent {id}, key id {0}; revoke with `handoff admin key revoke {0}`",
+                created.id
+            );
+            Ok(())
+        }
+        AdminCommand::Presence { id, status, reason } => {
+            let request = PutPresenceRequest { status, reason };
+            print_json(&client.set_presence(&id, &request).await?)
+        }
+        AdminCommand::Key(KeyCommand::Create { role, name }) => {
+            let created = client.create_key(&CreateKeyRequest { role, name }).await?;
+            print_json(&created)?;
+            eprintln!("the token is shown only now; store it safely");
+            Ok(())
+        }
+        AdminCommand::Key(KeyCommand::List) => print_json(&client.list_keys().await?),
+        AdminCommand::Key(KeyCommand::Revoke { id }) => {
+            client.delete_key(&id).await?;
+            eprintln!("revoked key {id}");
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `available`, `away`, `busy` or `offline`.
+pub fn parse_presence(text: &str) -> Result<PresenceStatus, String> {
+    serde_json::from_value(serde_json::Value::String(text.trim().to_ascii_lowercase()))
+        .map_err(|_| format!("{text:?} is not a presence: use available, away, busy or offline"))
+}
+
+/// `name=level`, e.g. `billing=7`.
+fn parse_skill(text: &str) -> Result<(String, i64), String> {
+    let (name, level) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=LEVEL, e.g. billing=7"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!(
+            "{text:?} has no skill name; use NAME=LEVEL, e.g. billing=7"
+        ));
+    }
+    let level = level
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: the level must be an integer 0..=10"))?;
+    Ok((name.to_string(), level))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skills_parse() {
+        assert_eq!(parse_skill("billing=7"), Ok(("billing".into(), 7)));
+        assert_eq!(parse_skill(" es = 4 "), Ok(("es".into(), 4)));
+        assert!(parse_skill("billing").is_err());
+        assert!(parse_skill("=3").is_err());
+        assert!(parse_skill("billing=high").is_err());
+    }
+
+    #[test]
+    fn presences_parse() {
+        assert_eq!(parse_presence("Away"), Ok(PresenceStatus::Away));
+        assert!(parse_presence("gone").is_err());
+    }
+
+    #[test]
+    fn explicit_tokens_win_and_are_trimmed() {
+        assert_eq!(resolve_token(Some(" abc \n".into())).unwrap(), "abc");
+    }
+}

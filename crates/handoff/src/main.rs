@@ -1,0 +1,102 @@
+//! The `handoff` binary: `serve` runs the server; `agent`, `ivr` and `admin` are clients.
+
+mod bench;
+mod cli_admin;
+mod cli_agent;
+mod cli_ivr;
+mod config;
+mod serve;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "handoff",
+    version,
+    about = "Hands a caller from an IVR to an agent, with a screen pop that is never lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (SQLite in the data directory by default).
+    Serve(ServeArgs),
+    /// A terminal agent desktop: prints screen pops and can accept them.
+    Agent(cli_agent::AgentArgs),
+    /// Hand off one call, as an IVR would.
+    Ivr(cli_ivr::IvrArgs),
+    /// Manage agents, presence and keys.
+    Admin(cli_admin::AdminArgs),
+    /// Load-test over loopback: create interactions, time their screen pops, report.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the store lives (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("HANDOFF_"))
+        .collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let overrides = config::Overrides {
+                    data_dir: args.data_dir,
+                    listen: args.listen,
+                };
+                let config = config::Config::load(args.config.as_deref(), &env, &overrides)?;
+                init_logging(&config.log);
+                serve::run(config, &env).await
+            }
+            Command::Agent(args) => cli_agent::run(args).await,
+            Command::Ivr(args) => cli_ivr::run(args).await,
+            Command::Admin(args) => cli_admin::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

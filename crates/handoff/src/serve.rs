@@ -1,0 +1,173 @@
+//! `handoff serve`: opens the store, recovers, makes sure an admin key exists, and serves the
+//! API until SIGINT or SIGTERM, then shuts down in order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use handoff_api::{ApiSettings, Running};
+use handoff_store::{Durability, KeyRecord, StoreEngine};
+
+use crate::config::Config;
+
+pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    let durability = match config.durability.as_str() {
+        "os" => Durability::Os,
+        _ => Durability::Fsync,
+    };
+    let store = handoff_store::open(StoreEngine::Sqlite {
+        data_dir: config.data_dir.clone(),
+        durability,
+    })
+    .await
+    .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let settings = ApiSettings {
+        max_context_bytes: config.max_context_bytes,
+        max_body_bytes: config.max_context_bytes + 65536,
+        presence_grace: Duration::from_secs(config.presence_grace_s),
+        ping_interval: Duration::from_secs(config.ping_interval_s),
+        allowed_origins: config.allowed_origins.clone(),
+        core: handoff_core::Settings {
+            offer_timeout_s: config.offer_timeout_s,
+            offline_on_disconnect: config.offline_on_disconnect,
+        },
+    };
+    let running = Running::start(store, settings)
+        .await
+        .context("recovery from the log failed")?;
+    ensure_admin_key(&running, &config.data_dir, env.get("HANDOFF_ADMIN_TOKEN")).await?;
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr().context("no local address")?;
+    tracing::info!(%address, data_dir = %config.data_dir.display(), durability = %config.durability, "handoff is serving");
+    println!("handoff listening on http://{address}");
+
+    let mut shutdown = running.shutdown_signal();
+    let router = running.router();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.fired().await;
+    });
+    let trigger = tokio::spawn({
+        let stop = StopOnSignal;
+        async move { stop.wait().await }
+    });
+    tokio::select! {
+        result = server => {
+            result.context("the server failed")?;
+        }
+        _ = trigger => {
+            tracing::info!("stopping: signal received");
+            running.fire_shutdown();
+        }
+    }
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct StopOnSignal;
+
+impl StopOnSignal {
+    async fn wait(self) {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => {
+                        let _ = interrupt.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = interrupt.await;
+        }
+    }
+}
+
+/// On an empty data directory, creates the admin key and prints its token once; with
+/// `HANDOFF_ADMIN_TOKEN`, makes sure that token is an admin key instead.
+async fn ensure_admin_key(
+    running: &Running,
+    data_dir: &Path,
+    from_env: Option<&String>,
+) -> anyhow::Result<()> {
+    let shared = &running.state.shared;
+    let now_ms = handoff_api::wire::now().millis();
+    if let Some(token) = from_env.filter(|t| !t.is_empty()) {
+        let hash = handoff_api::auth::hash_token(token);
+        if shared.keys.all().iter().any(|k| k.token_sha256 == hash) {
+            return Ok(());
+        }
+        let record = KeyRecord {
+            id: handoff_api::auth::generate_id("key_"),
+            role: "admin".to_owned(),
+            name: "admin (HANDOFF_ADMIN_TOKEN)".to_owned(),
+            agent_id: None,
+            token_sha256: hash,
+            created_ms: now_ms,
+        };
+        running
+            .state
+            .engine
+            .add_key(record)
+            .await
+            .context("cannot store the admin key")?;
+        tracing::info!("admin key from HANDOFF_ADMIN_TOKEN registered");
+        return Ok(());
+    }
+    if shared.keys.all().iter().any(|k| k.role == "admin") {
+        return Ok(());
+    }
+    let token = handoff_api::auth::generate_token();
+    let record = KeyRecord {
+        id: handoff_api::auth::generate_id("key_"),
+        role: "admin".to_owned(),
+        name: "admin (created at first start)".to_owned(),
+        agent_id: None,
+        token_sha256: handoff_api::auth::hash_token(&token),
+        created_ms: now_ms,
+    };
+    let path = admin_token_path(data_dir);
+    write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    running
+        .state
+        .engine
+        .add_key(record)
+        .await
+        .context("cannot store the admin key")?;
+    println!(
+        "admin token (shown once, also in {}): {token}",
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
