@@ -190,16 +190,53 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Middleware on every protected route: 401 before anything else is looked at.
+/// The web UI's session cookie; it carries the token, HttpOnly and SameSite=Strict.
+pub const SESSION_COOKIE: &str = "handoff_session";
+
+fn session_cookie(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+/// Middleware on every protected route: 401 before anything else is looked at. A bearer token
+/// wins; the session cookie is the browser's way, and a change made with it must come from an
+/// allowed `Origin` (what SameSite does not cover, this does).
 pub async fn authenticate(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let principal = bearer(&parts)
-        .and_then(|token| state.shared.keys.resolve(token))
-        .ok_or_else(ApiError::unauthorized)?;
+    let principal = match bearer(&parts) {
+        Some(token) => state.shared.keys.resolve(token),
+        None => {
+            let principal =
+                session_cookie(&parts).and_then(|token| state.shared.keys.resolve(token));
+            let changes_state = !matches!(
+                parts.method,
+                axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+            );
+            let origin_present = parts.headers.contains_key(axum::http::header::ORIGIN);
+            if principal.is_some()
+                && changes_state
+                && !(origin_present && crate::routes::origin_allowed(&parts.headers, &state))
+            {
+                return Err(ApiError::forbidden(
+                    "a change made with the session cookie must come from an allowed Origin",
+                ));
+            }
+            principal
+        }
+    }
+    .ok_or_else(ApiError::unauthorized)?;
     parts.extensions.insert(principal);
     Ok(next.run(Request::from_parts(parts, body)).await)
 }

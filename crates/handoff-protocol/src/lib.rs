@@ -255,3 +255,20 @@ pub struct Health {
     pub status: String,
     pub head_seq: u64,
 }
+
+/// `POST /v1/session`: trade a token for the web UI's session cookie.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SessionRequest {
+    pub token: String,
+}
+
+/// Who the session cookie (or token) belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SessionView {
+    /// `admin`, `ivr`, `supervisor`, `presence` or `agent`.
+    pub role: String,
+    /// Set for an agent's token.
+    pub agent_id: Option<String>,
+}

@@ -4,6 +4,7 @@ pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod interactions;
 pub(crate) mod keys;
+pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod system;
 
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
+        .route("/v1/session", post(session::open).delete(session::close))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -163,7 +165,7 @@ fn engine_error(error: crate::engine::EngineError) -> ApiError {
 }
 
 /// Whether a browser `Origin` may talk to this server: its own origin or a configured one.
-fn origin_allowed(headers: &HeaderMap, state: &AppState) -> bool {
+pub(crate) fn origin_allowed(headers: &HeaderMap, state: &AppState) -> bool {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return true;
     };

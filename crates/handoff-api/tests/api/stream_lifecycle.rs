@@ -158,3 +158,120 @@ async fn an_offer_not_answered_in_time_goes_to_the_fallback_agent_and_the_ivr_le
     assert_eq!(pop["subject"], id);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_web_ui_session_cookie_authenticates_and_a_change_needs_an_allowed_origin() {
+    let app = spawn_app_with(ApiSettings {
+        allowed_origins: vec!["https://desk.example.com".to_owned()],
+        ..ApiSettings::default()
+    })
+    .await;
+    let alice = app.agent("alice", false).await;
+    let response = app
+        .http
+        .post(app.url("/v1/session"))
+        .json(&json!({"token": alice}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(session["role"], "agent");
+    assert_eq!(session["agent_id"], "alice");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+
+    // A read with the cookie alone works.
+    let read = app
+        .http
+        .get(app.url("/v1/agents/alice"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 200);
+    // A change with the cookie but no Origin, or a foreign one, is refused; an allowed one works.
+    let presence = |origin: Option<&'static str>| {
+        let mut request = app
+            .http
+            .put(app.url("/v1/agents/alice/presence"))
+            .header("cookie", &pair)
+            .json(&json!({"status": "available"}));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    assert_eq!(presence(None).await.unwrap().status().as_u16(), 403);
+    assert_eq!(
+        presence(Some("https://evil.example.com"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        presence(Some("https://desk.example.com"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    // A bad session token is a 401, and logging out clears the cookie.
+    let bad = app
+        .http
+        .get(app.url("/v1/agents/alice"))
+        .header("cookie", "handoff_session=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 401);
+    let closed = app
+        .http
+        .delete(app.url("/v1/session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 204);
+    assert!(closed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_grace_period_starts_when_the_server_is_ready() {
+    let settings = ApiSettings {
+        presence_grace: Duration::from_millis(300),
+        ..ApiSettings::default()
+    };
+    let app = spawn_app_with(settings.clone()).await;
+    app.agent("alice", true).await;
+    let app = app.restarted(settings).await.expect("restart");
+    // Nobody connected after the restart: alice goes offline once the grace passes.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (status, read) = loop {
+        let (status, read) = app.get("/v1/agents/alice", &app.admin).await;
+        if read["presence"]["status"] == "offline" || tokio::time::Instant::now() > deadline {
+            break (status, read);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 200);
+    assert_eq!(read["presence"]["status"], "offline", "{read}");
+    assert_eq!(read["presence"]["reason"], "connection_lost");
+    app.stop().await;
+}
