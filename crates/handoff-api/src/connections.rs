@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use handoff_core::{AgentId, Command};
 
-use crate::engine::tokio_util_shutdown::Shutdown;
 use crate::engine::Engine;
+use crate::shutdown::Shutdown;
 
 #[derive(Default)]
 struct Entry {

@@ -12,6 +12,7 @@ use handoff_core::{AgentId, Command, CommandError, Event, InteractionId, Seq, St
 use handoff_store::{Batch, IdempotencyRecord, KeyRecord, OfferDeadline, Store, StoredEvent};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::shutdown::Shutdown;
 use crate::wire;
 
 /// How long an idempotency record answers retries.
@@ -176,7 +177,7 @@ struct IdempotencyEntry {
 pub async fn start(
     store: Arc<dyn Store>,
     settings: handoff_core::Settings,
-    shutdown: tokio_util_shutdown::Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
     let mut state = State::new(settings);
     let mut after = 0u64;
@@ -236,38 +237,6 @@ pub async fn start(
     Ok((Engine { requests, shared }, handle))
 }
 
-/// Re-exported so the binary and tests can stop the engine and its helpers together.
-pub mod tokio_util_shutdown {
-    use tokio::sync::watch;
-
-    /// A shutdown signal: cheap to clone, fires once.
-    #[derive(Clone)]
-    pub struct Shutdown(watch::Receiver<bool>);
-
-    pub struct ShutdownTrigger(watch::Sender<bool>);
-
-    pub fn channel() -> (ShutdownTrigger, Shutdown) {
-        let (sender, receiver) = watch::channel(false);
-        (ShutdownTrigger(sender), Shutdown(receiver))
-    }
-
-    impl ShutdownTrigger {
-        pub fn fire(&self) {
-            let _ = self.0.send(true);
-        }
-    }
-
-    impl Shutdown {
-        pub async fn fired(&mut self) {
-            let _ = self.0.wait_for(|fired| *fired).await;
-        }
-
-        pub fn is_fired(&self) -> bool {
-            *self.0.borrow()
-        }
-    }
-}
-
 struct EngineTask {
     store: Arc<dyn Store>,
     working: State,
@@ -275,7 +244,7 @@ struct EngineTask {
     inbox: mpsc::Receiver<Request>,
     head: u64,
     idempotency: HashMap<(String, String), IdempotencyEntry>,
-    shutdown: tokio_util_shutdown::Shutdown,
+    shutdown: Shutdown,
 }
 
 /// A reply held back until the batch it belongs to is committed.

@@ -10,6 +10,7 @@ pub mod json;
 pub mod metrics_setup;
 pub mod openapi;
 pub mod routes;
+pub mod shutdown;
 pub mod wire;
 
 use std::sync::Arc;
@@ -18,9 +19,9 @@ use std::time::Duration;
 use axum::Router;
 use handoff_store::Store;
 
-pub use engine::tokio_util_shutdown::{channel as shutdown_channel, Shutdown, ShutdownTrigger};
 pub use engine::{Engine, Shared};
 pub use error::ApiError;
+pub use shutdown::{channel as shutdown_channel, Shutdown, ShutdownTrigger};
 
 /// What the API needs to know of the configuration.
 #[derive(Debug, Clone)]

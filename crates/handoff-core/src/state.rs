@@ -516,11 +516,23 @@ impl State {
     /// An offer ended without an accept (or the target agent went away): use the fallback
     /// once, else the interaction ends unanswered.
     fn after_missed_offer(&mut self, out: &mut Events, id: &InteractionId, now: Timestamp) {
-        let interaction = &self.interactions[id];
-        let fallback = interaction
+        let current = self.interactions[id].current_target.clone();
+        self.fall_back_or_end_unanswered(out, id, &current, now);
+    }
+
+    /// Routes to the pending fallback unless it is `failed` (the target that just failed),
+    /// else ends the interaction unanswered.
+    fn fall_back_or_end_unanswered(
+        &mut self,
+        out: &mut Events,
+        id: &InteractionId,
+        failed: &Target,
+        now: Timestamp,
+    ) {
+        let fallback = self.interactions[id]
             .pending_fallback
             .clone()
-            .filter(|fallback| fallback != &interaction.current_target);
+            .filter(|fallback| fallback != failed);
         match fallback {
             Some(fallback) => self.route(out, id, fallback, now),
             None => self.emit(
@@ -539,17 +551,7 @@ impl State {
         match &target {
             Target::Agent(agent) if !self.agents.contains_key(agent) => {
                 // The agent was deleted since the target was accepted: the fallback was for that.
-                let pending = self.interactions[id].pending_fallback.clone();
-                match pending.filter(|fallback| fallback != &target) {
-                    Some(fallback) => self.route(out, id, fallback, now),
-                    None => self.emit(
-                        out,
-                        Event::InteractionUnanswered {
-                            id: id.clone(),
-                            at: now,
-                        },
-                    ),
-                }
+                self.fall_back_or_end_unanswered(out, id, &target, now)
             }
             Target::Agent(agent) if self.can_take_offer(agent) && !self.is_waiting_for(&target) => {
                 let event = Event::InteractionOffered {

@@ -1037,10 +1037,10 @@ impl Report {
             "pops_received": self.pops,
             "pops_missing": self.ok - self.pops,
             "streams_closed_early": self.streams_closed_early,
-            "engine_commits": self.metrics.commit_count,
+            "engine_commits": self.metrics.commit_count.map(|n| n as u64),
             "commit_mean_ms": round3(self.commit_mean_ms()),
             "interactions_per_commit": round3(self.interactions_per_commit()),
-            "store_transactions": self.metrics.group_count,
+            "store_transactions": self.metrics.group_count.map(|n| n as u64),
             "store_group_size_mean": round3(self.group_mean()),
         })
         .to_string()

@@ -102,55 +102,54 @@ async fn ensure_admin_key(
     data_dir: &Path,
     from_env: Option<&String>,
 ) -> anyhow::Result<()> {
-    let shared = &running.state.shared;
-    let now_ms = handoff_api::wire::now().millis();
+    let keys = running.state.shared.keys.all();
     if let Some(token) = from_env.filter(|t| !t.is_empty()) {
         let hash = handoff_api::auth::hash_token(token);
-        if shared.keys.all().iter().any(|k| k.token_sha256 == hash) {
-            return Ok(());
+        if !keys.iter().any(|k| k.token_sha256 == hash) {
+            add_admin_key(running, hash, "admin (HANDOFF_ADMIN_TOKEN)").await?;
+            tracing::info!("admin key from HANDOFF_ADMIN_TOKEN registered");
         }
-        let record = KeyRecord {
-            id: handoff_api::auth::generate_id("key_"),
-            role: "admin".to_owned(),
-            name: "admin (HANDOFF_ADMIN_TOKEN)".to_owned(),
-            agent_id: None,
-            token_sha256: hash,
-            created_ms: now_ms,
-        };
-        running
-            .state
-            .engine
-            .add_key(record)
-            .await
-            .context("cannot store the admin key")?;
-        tracing::info!("admin key from HANDOFF_ADMIN_TOKEN registered");
         return Ok(());
     }
-    if shared.keys.all().iter().any(|k| k.role == "admin") {
+    if keys.iter().any(|k| k.role == "admin") {
         return Ok(());
     }
     let token = handoff_api::auth::generate_token();
-    let record = KeyRecord {
-        id: handoff_api::auth::generate_id("key_"),
-        role: "admin".to_owned(),
-        name: "admin (created at first start)".to_owned(),
-        agent_id: None,
-        token_sha256: handoff_api::auth::hash_token(&token),
-        created_ms: now_ms,
-    };
     let path = admin_token_path(data_dir);
+    // The file first: a key whose token was never shown to anyone would lock the admin out.
     write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
-    running
-        .state
-        .engine
-        .add_key(record)
-        .await
-        .context("cannot store the admin key")?;
+    add_admin_key(
+        running,
+        handoff_api::auth::hash_token(&token),
+        "admin (created at first start)",
+    )
+    .await?;
     println!(
         "admin token (shown once, also in {}): {token}",
         path.display()
     );
     Ok(())
+}
+
+async fn add_admin_key(
+    running: &Running,
+    token_sha256: [u8; 32],
+    name: &str,
+) -> anyhow::Result<()> {
+    let record = KeyRecord {
+        id: handoff_api::auth::generate_id("key_"),
+        role: "admin".to_owned(),
+        name: name.to_owned(),
+        agent_id: None,
+        token_sha256,
+        created_ms: handoff_api::wire::now().millis(),
+    };
+    running
+        .state
+        .engine
+        .add_key(record)
+        .await
+        .context("cannot store the admin key")
 }
 
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {

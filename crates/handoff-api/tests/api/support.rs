@@ -33,17 +33,11 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = handoff_store::open(StoreEngine::Sqlite {
-        data_dir: dir.path().to_path_buf(),
-        durability: Durability::Fsync,
-    })
-    .await
-    .expect("store opens");
-    let running = Running::start(store.clone(), settings)
-        .await
-        .expect("recovery");
     let admin = handoff_api::auth::generate_token();
-    running
+    let app = start_on(dir, admin.clone(), settings).await.expect("start");
+    app.running
+        .as_ref()
+        .unwrap()
         .state
         .engine
         .add_key(KeyRecord {
@@ -56,6 +50,24 @@ pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
         })
         .await
         .expect("admin key");
+    app
+}
+
+/// Opens the store in `dir`, recovers, and serves on 127.0.0.1:0; recovery's error as text.
+async fn start_on(
+    dir: tempfile::TempDir,
+    admin: String,
+    settings: ApiSettings,
+) -> Result<TestApp, String> {
+    let store = handoff_store::open(StoreEngine::Sqlite {
+        data_dir: dir.path().to_path_buf(),
+        durability: Durability::Fsync,
+    })
+    .await
+    .map_err(|error| format!("store opens: {error:#}"))?;
+    let running = Running::start(store.clone(), settings)
+        .await
+        .map_err(|error| format!("recovery: {error:#}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = running.router();
@@ -66,7 +78,7 @@ pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
             .await
             .unwrap();
     });
-    TestApp {
+    Ok(TestApp {
         base,
         admin,
         http: reqwest::Client::new(),
@@ -74,7 +86,7 @@ pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
         running: Some(running),
         server: Some(server),
         _dir: dir,
-    }
+    })
 }
 
 impl TestApp {
@@ -307,33 +319,6 @@ impl TestApp {
             admin, store, _dir, ..
         } = self;
         drop(store);
-        let store = handoff_store::open(StoreEngine::Sqlite {
-            data_dir: _dir.path().to_path_buf(),
-            durability: Durability::Fsync,
-        })
-        .await
-        .map_err(|error| format!("store reopens: {error:#}"))?;
-        let running = Running::start(store.clone(), settings)
-            .await
-            .map_err(|error| format!("recovery: {error:#}"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = running.router();
-        let mut shutdown = running.shutdown_signal();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.fired().await })
-                .await
-                .unwrap();
-        });
-        Ok(TestApp {
-            base,
-            admin,
-            http: reqwest::Client::new(),
-            store,
-            running: Some(running),
-            server: Some(server),
-            _dir,
-        })
+        start_on(_dir, admin, settings).await
     }
 }
