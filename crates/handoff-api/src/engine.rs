@@ -280,8 +280,10 @@ impl EngineTask {
     async fn run(mut self) {
         let mut purge_at = Instant::now();
         loop {
-            let deadline = self.working.next_deadline();
-            let sleep_for = deadline
+            // Deadlines and also escalation steps: a caller whose requirement relaxes needs a
+            // dispatch at that moment, though no deadline falls due.
+            let wake_at = self.working.next_wakeup(wire::now());
+            let sleep_for = wake_at
                 .map(|at| Duration::from_millis((at.millis() - wire::now().millis()).max(0) as u64))
                 .unwrap_or(Duration::from_secs(3600));
             let mut first = None;
@@ -304,7 +306,9 @@ impl EngineTask {
                     Err(_) => break,
                 }
             }
-            if self.working.next_deadline().is_some_and(|at| at <= now) {
+            let due = wake_at.is_some_and(|at| at <= now)
+                || self.working.next_deadline().is_some_and(|at| at <= now);
+            if due {
                 // A refused tick changes nothing; there is nobody to tell.
                 let _ = self.run_command(Command::Tick, None, now, &mut group);
             }
@@ -380,6 +384,7 @@ impl EngineTask {
         };
         let events = self.working.execute_with_recipients(command, now)?;
         let mut committed = Committed::default();
+        let mut offers_touched: Vec<InteractionId> = Vec::new();
         for (event, agents) in events {
             self.head += 1;
             let seq = Seq::new(self.head);
@@ -392,49 +397,24 @@ impl EngineTask {
             };
             let cloud = wire::cloud_event(seq.get(), &event, interaction);
             let payload = serde_json::to_string(&cloud).unwrap_or_default();
-            match &event {
-                Event::InteractionOffered {
-                    id,
-                    agent,
-                    expires_at,
-                    ..
-                } => {
-                    // One row per interaction: the last change in the group wins.
-                    let id = id.to_string();
-                    group
-                        .batch
-                        .deadlines_cleared
-                        .retain(|cleared| cleared != &id);
-                    group
-                        .batch
-                        .deadlines_set
-                        .retain(|set| set.interaction_id != id);
-                    group.batch.deadlines_set.push(OfferDeadline {
-                        interaction_id: id,
-                        agent_id: agent.to_string(),
-                        expires_ms: expires_at.millis(),
-                    })
+            if let Some(id) = event.interaction_id() {
+                if matches!(
+                    event,
+                    Event::InteractionOffered { .. }
+                        | Event::OfferRevoked { .. }
+                        | Event::InteractionAccepted { .. }
+                        | Event::InteractionRejected { .. }
+                        | Event::InteractionAbandoned { .. }
+                ) && !offers_touched.contains(id)
+                {
+                    offers_touched.push(id.clone());
                 }
-                Event::OfferRevoked { id, .. }
-                | Event::InteractionAccepted { id, .. }
-                | Event::InteractionRejected { id, .. }
-                | Event::InteractionAbandoned { id, .. } => {
-                    let id = id.to_string();
-                    group
-                        .batch
-                        .deadlines_set
-                        .retain(|set| set.interaction_id != id);
-                    if !group.batch.deadlines_cleared.contains(&id) {
-                        group.batch.deadlines_cleared.push(id);
-                    }
-                }
-                Event::AgentCreated { profile, .. } => {
-                    // A new agent's stream starts after the log's head at its creation.
-                    self.working.set_acked(&profile.id, seq);
-                    group.batch.acks.push((profile.id.to_string(), seq.get()));
-                    group.acks.push((profile.id.clone(), seq));
-                }
-                _ => {}
+            }
+            if let Event::AgentCreated { profile, .. } = &event {
+                // A new agent's stream starts after the log's head at its creation.
+                self.working.set_acked(&profile.id, seq);
+                group.batch.acks.push((profile.id.to_string(), seq.get()));
+                group.acks.push((profile.id.clone(), seq));
             }
             group.batch.events.push(StoredEvent {
                 seq: seq.get(),
@@ -453,6 +433,7 @@ impl EngineTask {
             });
             committed.events.push((seq, event));
         }
+        self.stage_deadlines(offers_touched, group);
         if let Some(agent) = deleted_agent {
             group.batch.acks_deleted.push(agent.to_string());
             let tokens = self.shared.keys.for_agent(&agent);
@@ -479,6 +460,37 @@ impl EngineTask {
             group.idempotency_added.push(slot);
         }
         Ok(committed)
+    }
+
+    /// Brings the offer-deadline rows of the interactions a command touched in step with the
+    /// working state once the whole command ran: a `ring_all` offer stays open while others of
+    /// the same interaction are rejected or revoked, so no single event can decide the row.
+    /// One row per interaction; the last command of the group wins.
+    fn stage_deadlines(&self, touched: Vec<InteractionId>, group: &mut Group) {
+        for id in touched {
+            let open = self.working.interaction(&id).and_then(|interaction| {
+                let agent = interaction.offered_to.first()?;
+                let expires_at = interaction.offer_expires_at?;
+                Some(OfferDeadline {
+                    interaction_id: id.to_string(),
+                    agent_id: agent.to_string(),
+                    expires_ms: expires_at.millis(),
+                })
+            });
+            let id = id.to_string();
+            group
+                .batch
+                .deadlines_set
+                .retain(|set| set.interaction_id != id);
+            group
+                .batch
+                .deadlines_cleared
+                .retain(|cleared| cleared != &id);
+            match open {
+                Some(deadline) => group.batch.deadlines_set.push(deadline),
+                None => group.batch.deadlines_cleared.push(id),
+            }
+        }
     }
 
     async fn commit(&mut self, group: Group) {

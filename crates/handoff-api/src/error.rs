@@ -125,6 +125,12 @@ impl From<CommandError> for ApiError {
             CommandError::FallbackSameAsTarget => {
                 ApiError::unprocessable("fallback_same_as_target", message).with_field("fallback")
             }
+            CommandError::UnknownQueue(_) => ApiError::not_found("unknown_queue", message),
+            CommandError::QueueInUse(_) => ApiError::conflict("queue_in_use", message),
+            CommandError::UnknownOverflowQueue(_) => {
+                ApiError::unprocessable("unknown_queue", message).with_field("overflow.queue")
+            }
+            CommandError::InvalidQueue(invalid) => crate::wire::queue_config_error(invalid),
         }
     }
 }

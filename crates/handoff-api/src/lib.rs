@@ -3,6 +3,7 @@
 //! agent streams and Server-Sent Events.
 
 pub mod auth;
+pub mod calendar;
 pub mod connections;
 pub mod engine;
 pub mod error;
@@ -33,7 +34,17 @@ pub struct ApiSettings {
     pub ping_interval: Duration,
     /// Origins allowed beside the server's own.
     pub allowed_origins: Vec<String>,
+    /// The configured `timezone`: where "today" starts. `Running::start` hands it to the core
+    /// as its calendar too, so statistics and `least_occupied` agree on the day.
+    pub timezone: calendar::Zone,
     pub core: handoff_core::Settings,
+}
+
+impl ApiSettings {
+    /// When "today" began, in the configured time zone.
+    pub fn day_start(&self, now: handoff_core::Timestamp) -> handoff_core::Timestamp {
+        self.timezone.day_start(now)
+    }
 }
 
 impl Default for ApiSettings {
@@ -44,6 +55,7 @@ impl Default for ApiSettings {
             presence_grace: Duration::from_secs(30),
             ping_interval: Duration::from_secs(15),
             allowed_origins: Vec::new(),
+            timezone: calendar::Zone::utc(),
             core: handoff_core::Settings::default(),
         }
     }
@@ -70,7 +82,11 @@ pub struct Running {
 
 impl Running {
     /// Recovers the state from `store` and starts the engine and the presence timers.
-    pub async fn start(store: Arc<dyn Store>, settings: ApiSettings) -> anyhow::Result<Running> {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        mut settings: ApiSettings,
+    ) -> anyhow::Result<Running> {
+        settings.core.calendar = Arc::new(settings.timezone.clone());
         let metrics = metrics_setup::handle();
         let (trigger, shutdown) = shutdown_channel();
         let (engine, engine_task) =

@@ -7,10 +7,11 @@
 use std::sync::OnceLock;
 
 use handoff_protocol::{
-    AgentList, AgentRef, AgentView, CloudEvent, CompleteRequest, CreateInteractionRequest,
-    CreateKeyRequest, CreatedAgentToken, CreatedKey, ErrorBody, ErrorDetail, InteractionList,
-    InteractionView, KeyView, PresenceStatus, PresenceView, PutAgentRequest, PutPresenceRequest,
-    Target, TransferRequest,
+    AgentCounts, AgentList, AgentRef, AgentView, Capacity, CloudEvent, CompleteRequest,
+    CreateInteractionRequest, CreateKeyRequest, CreatedAgentToken, CreatedKey, ErrorBody,
+    ErrorDetail, EscalationStep, InteractionList, InteractionView, KeyView, PresenceStatus,
+    PresenceView, PutAgentRequest, PutPresenceRequest, PutQueueRequest, QueueList, QueueRef,
+    QueueStats, QueueView, StatsWindow, Strategy, Target, TransferRequest,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::Required;
@@ -46,7 +47,7 @@ pub struct AckFrame {
     info(
         title = "handoff",
         version = "1",
-        description = "Hands a call from an IVR to an agent desktop: agents, presence, interactions, and their events. Every /v1 operation takes `Authorization: Bearer <token>`."
+        description = "Hands a call from an IVR to an agent desktop: agents, presence, queues, interactions, and their events. Every /v1 operation takes `Authorization: Bearer <token>`."
     ),
     paths(
         crate::routes::system::healthz,
@@ -72,6 +73,11 @@ pub struct AckFrame {
         crate::routes::interactions::complete,
         crate::routes::interactions::transfer,
         crate::routes::interactions::hangup,
+        crate::routes::queues::list,
+        crate::routes::queues::put,
+        crate::routes::queues::get,
+        crate::routes::queues::delete,
+        crate::routes::queues::stats,
         crate::routes::events::stream,
     ),
     components(schemas(
@@ -89,8 +95,18 @@ pub struct AckFrame {
         PresenceStatus,
         PresenceView,
         PutPresenceRequest,
+        Capacity,
         AgentView,
         AgentList,
+        Strategy,
+        QueueRef,
+        EscalationStep,
+        PutQueueRequest,
+        QueueView,
+        QueueList,
+        AgentCounts,
+        StatsWindow,
+        QueueStats,
         CreateInteractionRequest,
         AgentRef,
         InteractionView,
@@ -106,6 +122,7 @@ pub struct AckFrame {
         (name = "keys", description = "API keys and agent tokens (admin)"),
         (name = "agents", description = "Agent profiles and presence"),
         (name = "stream", description = "The agent's WebSocket event stream"),
+        (name = "queues", description = "Routing by presence and skills: queues and their statistics"),
         (name = "interactions", description = "The hand-off and the agent's actions on it"),
         (name = "events", description = "Server-Sent Events for integrations"),
         (name = "system", description = "Public: health, metrics, this document"),
@@ -182,6 +199,11 @@ mod tests {
         ("post", "/v1/interactions/{interaction_id}/complete"),
         ("post", "/v1/interactions/{interaction_id}/transfer"),
         ("post", "/v1/interactions/{interaction_id}/hangup"),
+        ("get", "/v1/queues"),
+        ("put", "/v1/queues/{name}"),
+        ("get", "/v1/queues/{name}"),
+        ("delete", "/v1/queues/{name}"),
+        ("get", "/v1/queues/{name}/stats"),
         ("get", "/v1/events"),
         ("get", "/healthz"),
         ("get", "/metrics"),
@@ -330,6 +352,9 @@ mod tests {
             "InteractionView",
             "AgentView",
             "CloudEvent",
+            "PutQueueRequest",
+            "QueueView",
+            "QueueStats",
         ] {
             assert!(
                 schemas.contains_key(name),

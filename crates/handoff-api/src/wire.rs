@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use handoff_core::{
-    Agent, AgentId, AgentProfile, Event, Interaction, InteractionId, InteractionSpec,
-    OfferEndReason, Presence, PresenceSource, PresenceStatus, QueueName, SkillLevel, Target,
-    Timestamp,
+    Agent, AgentId, AgentProfile, Capacity, EscalationStep, Event, Interaction, InteractionId,
+    InteractionSpec, OfferEndReason, Presence, PresenceSource, PresenceStatus, QueueConfig,
+    QueueConfigError, QueueName, Routing, SkillLevel, Strategy, Target, Timestamp,
 };
 use handoff_protocol as wire;
 use serde::Deserialize;
@@ -109,7 +109,7 @@ pub fn agent_view(
         name: agent.profile.name.clone(),
         address: agent.profile.address.clone(),
         skills: skills_json(&agent.profile.skills),
-        capacity: i64::from(agent.profile.capacity),
+        capacity: capacity_to_wire(&agent.profile.capacity),
         presence: presence_view(&agent.presence),
         activity: activity.as_str().to_owned(),
         connected,
@@ -124,10 +124,244 @@ fn skills_json(skills: &BTreeMap<String, SkillLevel>) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// The interaction as the API shows it. `agent_address` resolves the current agent's address.
+pub fn capacity_to_wire(capacity: &Capacity) -> wire::Capacity {
+    match capacity {
+        Capacity::Total(total) => wire::Capacity::Total(i64::from(*total)),
+        Capacity::PerChannel(per_channel) => wire::Capacity::PerChannel(
+            per_channel
+                .iter()
+                .map(|(channel, limit)| (channel.clone(), i64::from(*limit)))
+                .collect(),
+        ),
+    }
+}
+
+/// The largest capacity, in total or on one channel.
+pub const MAX_CAPACITY: i64 = 1000;
+
+/// Reads a capacity. `strict` applies the API's rules (1..=1000, channel names of 1 to 64
+/// characters, at least one channel); without it, only what the core can represent is
+/// required, so that the log is read back whatever rules were in force when it was written.
+pub fn capacity_from_wire(capacity: &wire::Capacity, strict: bool) -> Result<Capacity, ApiError> {
+    let invalid = |field: String, message: String| {
+        ApiError::unprocessable("invalid_capacity", format!("{field}: {message}")).with_field(field)
+    };
+    let (low, high) = if strict {
+        (1, MAX_CAPACITY)
+    } else {
+        (0, i64::from(u32::MAX))
+    };
+    let limit = |field: String, value: i64| -> Result<u32, ApiError> {
+        if (low..=high).contains(&value) {
+            Ok(value as u32)
+        } else {
+            Err(invalid(
+                field,
+                format!("must be an integer from {low} to {high}"),
+            ))
+        }
+    };
+    match capacity {
+        wire::Capacity::Total(total) => limit("capacity".to_owned(), *total).map(Capacity::Total),
+        wire::Capacity::PerChannel(per_channel) => {
+            if strict && per_channel.is_empty() {
+                return Err(invalid(
+                    "capacity".to_owned(),
+                    "a map per channel must name at least one channel".to_owned(),
+                ));
+            }
+            let mut limits = BTreeMap::new();
+            for (channel, value) in per_channel {
+                if strict && (channel.is_empty() || channel.len() > 64) {
+                    return Err(invalid(
+                        "capacity".to_owned(),
+                        "a channel name must be 1 to 64 characters".to_owned(),
+                    ));
+                }
+                limits.insert(
+                    channel.clone(),
+                    limit(format!("capacity.{channel}"), *value)?,
+                );
+            }
+            Ok(Capacity::PerChannel(limits))
+        }
+    }
+}
+
+/// Reads skill levels; `field` is the JSON path of the map, for errors.
+pub fn skills_from_wire(
+    skills: &BTreeMap<String, i64>,
+    field: &str,
+) -> Result<BTreeMap<String, SkillLevel>, ApiError> {
+    let mut levels = BTreeMap::new();
+    for (skill, level) in skills {
+        if skill.is_empty() || skill.len() > 64 {
+            return Err(ApiError::unprocessable(
+                "invalid_skill",
+                format!("{field}: a skill name must be 1 to 64 characters"),
+            )
+            .with_field(field));
+        }
+        let level = SkillLevel::parse(*level).map_err(|error| {
+            ApiError::unprocessable("invalid_skill_level", format!("{field}.{skill}: {error}"))
+                .with_field(format!("{field}.{skill}"))
+        })?;
+        levels.insert(skill.clone(), level);
+    }
+    Ok(levels)
+}
+
+// ----- queues -----------------------------------------------------------------------------
+
+/// The longest duration a queue setting takes (30 days): far beyond any sensible wait, and
+/// small enough that no deadline computed from it can overflow.
+pub const MAX_QUEUE_SECONDS: i64 = 30 * 24 * 3600;
+/// Most escalation steps a queue may have.
+pub const MAX_STEPS: usize = 32;
+
+pub fn strategy_to_wire(strategy: Strategy) -> wire::Strategy {
+    match strategy {
+        Strategy::LongestIdle => wire::Strategy::LongestIdle,
+        Strategy::RoundRobin => wire::Strategy::RoundRobin,
+        Strategy::LeastOccupied => wire::Strategy::LeastOccupied,
+        Strategy::MostSkilled => wire::Strategy::MostSkilled,
+        Strategy::RingAll => wire::Strategy::RingAll,
+    }
+}
+
+pub fn strategy_from_wire(strategy: wire::Strategy) -> Strategy {
+    match strategy {
+        wire::Strategy::LongestIdle => Strategy::LongestIdle,
+        wire::Strategy::RoundRobin => Strategy::RoundRobin,
+        wire::Strategy::LeastOccupied => Strategy::LeastOccupied,
+        wire::Strategy::MostSkilled => Strategy::MostSkilled,
+        wire::Strategy::RingAll => Strategy::RingAll,
+    }
+}
+
+pub fn queue_view(config: &QueueConfig) -> wire::QueueView {
+    let seconds = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    wire::QueueView {
+        name: config.name.to_string(),
+        skills: skills_json(&config.skills),
+        strategy: strategy_to_wire(config.strategy),
+        offer_timeout_s: seconds(config.offer_timeout_s),
+        wrap_up_s: seconds(config.wrap_up_s),
+        max_wait_s: config.max_wait_s.map(seconds),
+        overflow: config.overflow.as_ref().map(|queue| wire::QueueRef {
+            queue: queue.to_string(),
+        }),
+        service_level_s: seconds(config.service_level_s),
+        steps: config
+            .steps
+            .iter()
+            .map(|step| wire::EscalationStep {
+                after_s: seconds(step.after_s),
+                skills: skills_json(&step.skills),
+            })
+            .collect(),
+    }
+}
+
+/// Builds the queue `name` from a PUT body (or a `[[queues]]` table, or the log), every absent
+/// field at its default. `strict` applies the API's rules (bounds, the name in the body, the
+/// core's `validate`); without it only what the core can represent is required, so the log
+/// reads back whatever rules were in force when it was written. Errors name the JSON path.
+pub fn queue_config_from_wire(
+    name: QueueName,
+    body: &wire::PutQueueRequest,
+    strict: bool,
+) -> Result<QueueConfig, ApiError> {
+    if strict {
+        if let Some(named) = body.name.as_deref().filter(|named| *named != name.as_str()) {
+            return Err(ApiError::unprocessable(
+                "name_mismatch",
+                format!("name: the body names {named:?}, the path {name:?}"),
+            )
+            .with_field("name"));
+        }
+    }
+    let mut config = QueueConfig::new(name);
+    let seconds = |field: &str, value: i64, low: i64| -> Result<u64, ApiError> {
+        let high = if strict { MAX_QUEUE_SECONDS } else { i64::MAX };
+        let low = if strict { low } else { 0 };
+        if (low..=high).contains(&value) {
+            Ok(value as u64)
+        } else {
+            Err(ApiError::unprocessable(
+                "invalid_field",
+                format!("{field}: must be an integer from {low} to {high}"),
+            )
+            .with_field(field))
+        }
+    };
+    config.skills = skills_from_wire(&body.skills, "skills")?;
+    if let Some(strategy) = body.strategy {
+        config.strategy = strategy_from_wire(strategy);
+    }
+    if let Some(value) = body.offer_timeout_s {
+        config.offer_timeout_s = seconds("offer_timeout_s", value, 1)?;
+    }
+    if let Some(value) = body.wrap_up_s {
+        config.wrap_up_s = seconds("wrap_up_s", value, 0)?;
+    }
+    if let Some(value) = body.max_wait_s {
+        config.max_wait_s = Some(seconds("max_wait_s", value, 1)?);
+    }
+    if let Some(value) = body.service_level_s {
+        config.service_level_s = seconds("service_level_s", value, 0)?;
+    }
+    if let Some(overflow) = &body.overflow {
+        config.overflow = Some(QueueName::parse(&overflow.queue).map_err(|error| {
+            ApiError::unprocessable("invalid_id", format!("overflow.queue: {error}"))
+                .with_field("overflow.queue")
+        })?);
+    }
+    if strict && body.steps.len() > MAX_STEPS {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("steps: at most {MAX_STEPS} steps"),
+        )
+        .with_field("steps"));
+    }
+    for (index, step) in body.steps.iter().enumerate() {
+        let field = format!("steps[{index}]");
+        config.steps.push(EscalationStep {
+            after_s: seconds(&format!("{field}.after_s"), step.after_s, 0)?,
+            skills: skills_from_wire(&step.skills, &format!("{field}.skills"))?,
+        });
+    }
+    if strict {
+        config.validate().map_err(queue_config_error)?;
+    }
+    Ok(config)
+}
+
+/// A queue the core found inconsistent, as a 422 naming the field at fault.
+pub fn queue_config_error(error: QueueConfigError) -> ApiError {
+    let field = match &error {
+        QueueConfigError::StepsOutOfOrder => "steps".to_owned(),
+        QueueConfigError::StepTightens { index } => format!("steps[{index}].skills"),
+        QueueConfigError::OfferTimeoutZero => "offer_timeout_s".to_owned(),
+        QueueConfigError::OverflowToItself => "overflow.queue".to_owned(),
+    };
+    ApiError::unprocessable("invalid_queue", format!("{field}: {error}")).with_field(field)
+}
+
+fn routing_json(routing: &Routing) -> Value {
+    json!({
+        "strategy": routing.strategy.map_or("direct", Strategy::as_str),
+        "eligible": routing.eligible,
+        "reason": routing.reason,
+    })
+}
+
+/// The interaction as the API shows it. `agent_address` resolves the current agent's address;
+/// `position` and `estimated_wait_s` come from the line it waits in, if any.
 pub fn interaction_view(
     interaction: &Interaction,
     position: Option<usize>,
+    estimated_wait_s: Option<u64>,
     agent_address: Option<String>,
 ) -> wire::InteractionView {
     let spec = &interaction.spec;
@@ -141,6 +375,7 @@ pub fn interaction_view(
             address: agent_address,
         }),
         position: position.map(|p| p as u64),
+        estimated_wait_s,
         context: context_value(&spec.context),
         caller: spec.caller.clone(),
         dialed: spec.dialed.clone(),
@@ -184,7 +419,7 @@ fn profile_json(profile: &AgentProfile) -> Value {
         "name": profile.name,
         "address": profile.address,
         "skills": skills_json(&profile.skills),
-        "capacity": profile.capacity,
+        "capacity": capacity_to_wire(&profile.capacity),
     })
 }
 
@@ -219,14 +454,23 @@ fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
             json!({"agent": agent.as_str(), "presence": presence_json(presence)})
         }
         Event::InteractionCreated { spec } => json!({"interaction": spec_json(spec)}),
-        Event::InteractionQueued { id, target, .. } => {
-            json!({"interaction_id": id.as_str(), "target": target_json(target)})
-        }
+        // No position: it changes as others leave the line, and the log keeps only facts.
+        Event::InteractionQueued {
+            id,
+            target,
+            requeued,
+            ..
+        } => json!({
+            "interaction_id": id.as_str(),
+            "target": target_json(target),
+            "requeued": requeued,
+        }),
         Event::InteractionOffered {
             id,
             agent,
             target,
             expires_at,
+            routing,
             ..
         } => {
             let mut interaction = offered
@@ -243,6 +487,7 @@ fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
                 "agent": agent.as_str(),
                 "offer_target": target_json(target),
                 "offer_expires_at": format_time(*expires_at),
+                "routing": routing_json(routing),
             })
         }
         Event::OfferRevoked {
@@ -278,7 +523,9 @@ fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
             "fallback": fallback.as_ref().map(target_json),
             "note": note,
         }),
-        Event::InteractionAbandoned { id, .. } | Event::InteractionUnanswered { id, .. } => {
+        Event::InteractionAbandoned { id, .. }
+        | Event::InteractionUnanswered { id, .. }
+        | Event::InteractionTimedOut { id, .. } => {
             json!({"interaction_id": id.as_str()})
         }
         Event::InteractionCompleted {
@@ -286,11 +533,15 @@ fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
             agent,
             disposition,
             notes,
+            wrap_up_expired,
             ..
         } => json!({
             "interaction_id": id.as_str(), "agent": agent.as_str(),
             "disposition": disposition, "notes": notes,
+            "wrap_up_expired": wrap_up_expired,
         }),
+        Event::QueueUpserted { config, .. } => json!({"queue": queue_view(config)}),
+        Event::QueueDeleted { name, .. } => json!({"queue": name.as_str()}),
     }
 }
 
@@ -307,7 +558,14 @@ struct ProfileData {
     name: String,
     address: Option<String>,
     skills: BTreeMap<String, i64>,
-    capacity: u32,
+    capacity: wire::Capacity,
+}
+
+#[derive(Deserialize)]
+struct RoutingData {
+    strategy: String,
+    eligible: u32,
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +597,33 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             .ok_or_else(|| fail(format!("data.{key} is missing")))
     };
     let optional_text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+    let flag = |key: &str| data.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let routing = || -> Result<Routing, DecodeError> {
+        match data.get("routing") {
+            // Offers logged before routing existed were all to an agent named directly.
+            None | Some(Value::Null) => Ok(Routing {
+                strategy: None,
+                eligible: 1,
+                reason: "addressed to this agent".to_owned(),
+            }),
+            Some(value) => {
+                let routing: RoutingData = serde_json::from_value(value.clone())
+                    .map_err(|e| fail(format!("routing: {e}")))?;
+                let strategy = match routing.strategy.as_str() {
+                    "direct" => None,
+                    other => Some(
+                        Strategy::parse(other)
+                            .ok_or_else(|| fail(format!("routing.strategy {other}")))?,
+                    ),
+                };
+                Ok(Routing {
+                    strategy,
+                    eligible: routing.eligible,
+                    reason: routing.reason,
+                })
+            }
+        }
+    };
     let agent_id = |key: &str| -> Result<AgentId, DecodeError> {
         AgentId::parse(&text(key)?).map_err(|e| fail(format!("data.{key}: {e}")))
     };
@@ -372,17 +657,12 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
     let profile = || -> Result<AgentProfile, DecodeError> {
         let data: ProfileData = serde_json::from_value(data["agent"].clone())
             .map_err(|e| fail(format!("agent: {e}")))?;
-        let mut skills = BTreeMap::new();
-        for (name, level) in data.skills {
-            let level = SkillLevel::parse(level).map_err(|e| fail(e.to_string()))?;
-            skills.insert(name, level);
-        }
         Ok(AgentProfile {
             id: AgentId::parse(&data.id).map_err(|e| fail(e.to_string()))?,
             name: data.name,
             address: data.address,
-            skills,
-            capacity: data.capacity,
+            skills: skills_from_wire(&data.skills, "agent.skills").map_err(|e| fail(e.message))?,
+            capacity: capacity_from_wire(&data.capacity, false).map_err(|e| fail(e.message))?,
         })
     };
     let event = match cloud.event_type.as_str() {
@@ -432,6 +712,8 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             id: interaction_id()?,
             target: target(data.get("target"))?,
             at,
+            // Logs written before queues have no `requeued`: nothing was requeued then.
+            requeued: flag("requeued"),
         },
         "interaction.offered" => {
             let id = data
@@ -446,6 +728,7 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
                 expires_at: parse_time(&text("offer_expires_at")?)
                     .ok_or_else(|| fail("offer_expires_at".to_owned()))?,
                 at,
+                routing: routing()?,
             }
         }
         "interaction.offer_revoked" => Event::OfferRevoked {
@@ -495,8 +778,443 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             disposition: optional_text("disposition"),
             notes: optional_text("notes"),
             at,
+            wrap_up_expired: flag("wrap_up_expired"),
+        },
+        "interaction.timed_out" => Event::InteractionTimedOut {
+            id: interaction_id()?,
+            at,
+        },
+        kind @ ("queue.created" | "queue.updated") => {
+            let view: wire::QueueView = serde_json::from_value(data["queue"].clone())
+                .map_err(|e| fail(format!("queue: {e}")))?;
+            let name =
+                QueueName::parse(&view.name).map_err(|e| fail(format!("queue.name: {e}")))?;
+            let body = wire::PutQueueRequest::from(view);
+            Event::QueueUpserted {
+                config: queue_config_from_wire(name, &body, false).map_err(|e| fail(e.message))?,
+                created: kind == "queue.created",
+                at,
+            }
+        }
+        "queue.deleted" => Event::QueueDeleted {
+            name: QueueName::parse(&text("queue")?).map_err(|e| fail(format!("queue: {e}")))?,
+            at,
         },
         other => return Err(fail(format!("unknown event type {other}"))),
     };
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(1_780_000_000_000 + ms)
+    }
+
+    fn agent(id: &str) -> AgentId {
+        AgentId::parse(id).unwrap()
+    }
+
+    fn queue(name: &str) -> QueueName {
+        QueueName::parse(name).unwrap()
+    }
+
+    fn ix(id: &str) -> InteractionId {
+        InteractionId::parse(id).unwrap()
+    }
+
+    fn skills(pairs: &[(&str, i64)]) -> BTreeMap<String, SkillLevel> {
+        pairs
+            .iter()
+            .map(|(skill, level)| (skill.to_string(), SkillLevel::parse(*level).unwrap()))
+            .collect()
+    }
+
+    /// Names the variant. The match is exhaustive: a variant added to the core does not compile
+    /// until it is named here, and the test then asks for a sample of it.
+    fn variant(event: &Event) -> &'static str {
+        match event {
+            Event::AgentCreated { .. } => "AgentCreated",
+            Event::AgentUpdated { .. } => "AgentUpdated",
+            Event::AgentDeleted { .. } => "AgentDeleted",
+            Event::PresenceChanged { .. } => "PresenceChanged",
+            Event::InteractionCreated { .. } => "InteractionCreated",
+            Event::InteractionQueued { .. } => "InteractionQueued",
+            Event::InteractionOffered { .. } => "InteractionOffered",
+            Event::OfferRevoked { .. } => "OfferRevoked",
+            Event::InteractionAccepted { .. } => "InteractionAccepted",
+            Event::InteractionRejected { .. } => "InteractionRejected",
+            Event::InteractionTransferred { .. } => "InteractionTransferred",
+            Event::InteractionEnded { .. } => "InteractionEnded",
+            Event::InteractionAbandoned { .. } => "InteractionAbandoned",
+            Event::InteractionUnanswered { .. } => "InteractionUnanswered",
+            Event::InteractionCompleted { .. } => "InteractionCompleted",
+            Event::InteractionTimedOut { .. } => "InteractionTimedOut",
+            Event::QueueUpserted { .. } => "QueueUpserted",
+            Event::QueueDeleted { .. } => "QueueDeleted",
+        }
+    }
+
+    const VARIANTS: [&str; 18] = [
+        "AgentCreated",
+        "AgentUpdated",
+        "AgentDeleted",
+        "PresenceChanged",
+        "InteractionCreated",
+        "InteractionQueued",
+        "InteractionOffered",
+        "OfferRevoked",
+        "InteractionAccepted",
+        "InteractionRejected",
+        "InteractionTransferred",
+        "InteractionEnded",
+        "InteractionAbandoned",
+        "InteractionUnanswered",
+        "InteractionCompleted",
+        "InteractionTimedOut",
+        "QueueUpserted",
+        "QueueDeleted",
+    ];
+
+    /// At least one sample of every variant, and one of every wire form a variant has.
+    fn samples() -> Vec<Event> {
+        let presence = Presence {
+            status: PresenceStatus::Available,
+            reason: Some("back from lunch".to_owned()),
+            source: PresenceSource::Uc,
+            since: t(1),
+        };
+        let alice = AgentProfile {
+            id: agent("alice"),
+            name: "Alice Smith".to_owned(),
+            address: Some("sip:alice@pbx.example.com".to_owned()),
+            skills: skills(&[("billing", 7), ("spanish", 0)]),
+            capacity: Capacity::Total(2),
+        };
+        let bob = AgentProfile {
+            id: agent("bob"),
+            name: "Bob".to_owned(),
+            address: None,
+            skills: BTreeMap::new(),
+            capacity: Capacity::PerChannel(BTreeMap::from([
+                ("chat".to_owned(), 3),
+                ("voice".to_owned(), 1),
+            ])),
+        };
+        let mut billing = QueueConfig::new(queue("billing"));
+        billing.skills = skills(&[("billing", 5), ("spanish", 3)]);
+        billing.strategy = Strategy::MostSkilled;
+        billing.offer_timeout_s = 15;
+        billing.wrap_up_s = 0;
+        billing.max_wait_s = Some(600);
+        billing.overflow = Some(queue("general"));
+        billing.service_level_s = 30;
+        billing.steps = vec![
+            EscalationStep {
+                after_s: 30,
+                skills: skills(&[("billing", 3)]),
+            },
+            EscalationStep {
+                after_s: 90,
+                skills: BTreeMap::new(),
+            },
+        ];
+        let spec = InteractionSpec {
+            id: ix("ix_1"),
+            caller: Some("+15551234567".to_owned()),
+            dialed: None,
+            channel: "voice".to_owned(),
+            call_id: Some("abc@pbx".to_owned()),
+            context: r#"{"order":42,"vip":true,"nested":{"b":[1,2],"a":null}}"#.to_owned(),
+            target: Target::Queue(queue("billing")),
+            fallback: Some(Target::Agent(agent("bob"))),
+            priority: -3,
+            created_by: Some("key_ivr".to_owned()),
+            created_at: t(2),
+        };
+        let mut events = vec![
+            Event::AgentCreated {
+                profile: alice.clone(),
+                presence: presence.clone(),
+            },
+            Event::AgentUpdated {
+                profile: bob,
+                at: t(3),
+            },
+            Event::AgentDeleted {
+                agent: agent("bob"),
+                at: t(4),
+            },
+            Event::PresenceChanged {
+                agent: agent("alice"),
+                presence: Presence {
+                    status: PresenceStatus::Away,
+                    reason: None,
+                    source: PresenceSource::System,
+                    since: t(5),
+                },
+            },
+            Event::InteractionCreated { spec },
+            Event::InteractionQueued {
+                id: ix("ix_1"),
+                target: Target::Queue(queue("billing")),
+                at: t(6),
+                requeued: false,
+            },
+            Event::InteractionQueued {
+                id: ix("ix_1"),
+                target: Target::Queue(queue("billing")),
+                at: t(7),
+                requeued: true,
+            },
+            Event::InteractionOffered {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                target: Target::Queue(queue("billing")),
+                expires_at: t(20_008),
+                at: t(8),
+                routing: Routing {
+                    strategy: Some(Strategy::MostSkilled),
+                    eligible: 4,
+                    reason: "highest summed skill level: 7 (billing 7, spanish 0), idle 3 s"
+                        .to_owned(),
+                },
+            },
+            Event::InteractionOffered {
+                id: ix("ix_2"),
+                agent: agent("alice"),
+                target: Target::Agent(agent("alice")),
+                expires_at: t(20_009),
+                at: t(9),
+                routing: Routing {
+                    strategy: None,
+                    eligible: 1,
+                    reason: "addressed to this agent".to_owned(),
+                },
+            },
+        ];
+        for reason in OfferEndReason::ALL {
+            events.push(Event::OfferRevoked {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                reason,
+                at: t(10),
+            });
+        }
+        events.extend([
+            Event::InteractionAccepted {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                at: t(11),
+            },
+            Event::InteractionRejected {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                at: t(12),
+            },
+            Event::InteractionTransferred {
+                id: ix("ix_1"),
+                from: agent("alice"),
+                target: Target::Queue(queue("general")),
+                fallback: Some(Target::Agent(agent("bob"))),
+                note: Some("wants a refund".to_owned()),
+                at: t(13),
+            },
+            Event::InteractionTransferred {
+                id: ix("ix_1"),
+                from: agent("alice"),
+                target: Target::Agent(agent("bob")),
+                fallback: None,
+                note: None,
+                at: t(14),
+            },
+            Event::InteractionEnded {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                at: t(15),
+            },
+            Event::InteractionAbandoned {
+                id: ix("ix_1"),
+                at: t(16),
+            },
+            Event::InteractionUnanswered {
+                id: ix("ix_1"),
+                at: t(17),
+            },
+            Event::InteractionCompleted {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                disposition: Some("resolved".to_owned()),
+                notes: Some("refund issued".to_owned()),
+                at: t(18),
+                wrap_up_expired: false,
+            },
+            Event::InteractionCompleted {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                disposition: None,
+                notes: None,
+                at: t(19),
+                wrap_up_expired: true,
+            },
+            Event::InteractionTimedOut {
+                id: ix("ix_1"),
+                at: t(20),
+            },
+            Event::QueueUpserted {
+                config: QueueConfig::new(queue("general")),
+                created: true,
+                at: t(21),
+            },
+            Event::QueueUpserted {
+                config: billing,
+                created: false,
+                at: t(22),
+            },
+            Event::QueueDeleted {
+                name: queue("billing"),
+                at: t(23),
+            },
+        ]);
+        for strategy in Strategy::ALL {
+            let mut config = QueueConfig::new(queue("sales"));
+            config.strategy = strategy;
+            events.push(Event::QueueUpserted {
+                config,
+                created: true,
+                at: t(24),
+            });
+            events.push(Event::InteractionOffered {
+                id: ix("ix_3"),
+                agent: agent("alice"),
+                target: Target::Queue(queue("sales")),
+                expires_at: t(30_000),
+                at: t(25),
+                routing: Routing {
+                    strategy: Some(strategy),
+                    eligible: 2,
+                    reason: format!("chosen by {}", strategy.as_str()),
+                },
+            });
+        }
+        events
+    }
+
+    #[test]
+    fn every_core_event_round_trips_through_its_cloud_event_text() {
+        let events = samples();
+        let covered: BTreeSet<&str> = events.iter().map(variant).collect();
+        assert_eq!(covered, BTreeSet::from(VARIANTS), "a variant has no sample");
+        for (index, event) in events.iter().enumerate() {
+            let seq = index as u64 + 1;
+            let cloud = cloud_event(seq, event, None);
+            assert_eq!(cloud.event_type, event.type_name());
+            assert_eq!(cloud.subject, event.subject());
+            let text = serde_json::to_string(&cloud).unwrap();
+            let decoded =
+                decode_event(seq, &text).unwrap_or_else(|error| panic!("{error}\n{text}"));
+            assert_eq!(&decoded, event, "{text}");
+        }
+    }
+
+    #[test]
+    fn new_fields_have_their_contract_names_on_the_wire() {
+        let events = samples();
+        let data = |index: usize| cloud_event(1, &events[index], None).data;
+        assert_eq!(data(0)["agent"]["capacity"], json!(2));
+        assert_eq!(data(1)["agent"]["capacity"], json!({"chat": 3, "voice": 1}));
+        assert_eq!(data(5)["requeued"], json!(false));
+        assert!(
+            data(5).get("position").is_none(),
+            "the log keeps no position"
+        );
+        assert_eq!(data(6)["requeued"], json!(true));
+        assert_eq!(data(7)["routing"]["strategy"], "most_skilled");
+        assert_eq!(data(7)["routing"]["eligible"], 4);
+        assert_eq!(data(8)["routing"]["strategy"], "direct");
+        let revoked: Vec<Value> = events
+            .iter()
+            .filter(|e| matches!(e, Event::OfferRevoked { .. }))
+            .map(|e| cloud_event(1, e, None).data["reason"].clone())
+            .collect();
+        assert!(
+            revoked.contains(&json!("answered_elsewhere")),
+            "{revoked:?}"
+        );
+        let upserted = events
+            .iter()
+            .find(|e| matches!(e, Event::QueueUpserted { created: false, .. }))
+            .unwrap();
+        let cloud = cloud_event(1, upserted, None);
+        assert_eq!(cloud.event_type, "queue.updated");
+        assert_eq!(
+            cloud.data["queue"],
+            json!({
+                "name": "billing",
+                "skills": {"billing": 5, "spanish": 3},
+                "strategy": "most_skilled",
+                "offer_timeout_s": 15,
+                "wrap_up_s": 0,
+                "max_wait_s": 600,
+                "overflow": {"queue": "general"},
+                "service_level_s": 30,
+                "steps": [
+                    {"after_s": 30, "skills": {"billing": 3}},
+                    {"after_s": 90, "skills": {}},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn events_logged_before_queues_still_decode() {
+        let offered = json!({
+            "specversion": "1.0", "id": "handoff-7", "source": "handoff",
+            "type": "interaction.offered", "time": "2026-01-01T00:00:00.000Z",
+            "subject": "ix_1", "seq": 7,
+            "data": {
+                "interaction": {"id": "ix_1"}, "agent": "alice",
+                "offer_target": {"agent": "alice"},
+                "offer_expires_at": "2026-01-01T00:00:20.000Z",
+            },
+        });
+        let Event::InteractionOffered { routing, .. } =
+            decode_event(7, &offered.to_string()).unwrap()
+        else {
+            panic!("not an offer");
+        };
+        assert_eq!(routing.strategy, None);
+        let queued = json!({
+            "specversion": "1.0", "id": "handoff-8", "source": "handoff",
+            "type": "interaction.queued", "time": "2026-01-01T00:00:00.000Z",
+            "subject": "ix_1", "seq": 8,
+            "data": {"interaction_id": "ix_1", "target": {"agent": "alice"}},
+        });
+        assert!(matches!(
+            decode_event(8, &queued.to_string()).unwrap(),
+            Event::InteractionQueued {
+                requeued: false,
+                ..
+            }
+        ));
+        let created = json!({
+            "specversion": "1.0", "id": "handoff-1", "source": "handoff",
+            "type": "agent.created", "time": "2026-01-01T00:00:00.000Z",
+            "subject": "alice", "seq": 1,
+            "data": {
+                "agent": {"id": "alice", "name": "A", "address": null, "skills": {}, "capacity": 3},
+                "presence": {"status": "offline", "reason": null, "source": "system",
+                             "since": "2026-01-01T00:00:00.000Z"},
+            },
+        });
+        let Event::AgentCreated { profile, .. } = decode_event(1, &created.to_string()).unwrap()
+        else {
+            panic!("not an agent");
+        };
+        assert_eq!(profile.capacity, Capacity::Total(3));
+    }
 }

@@ -94,6 +94,38 @@ impl Activity {
     }
 }
 
+/// How many interactions an agent may hold at once (offered, engaged or in wrap-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capacity {
+    /// All channels together.
+    Total(u32),
+    /// Per channel, e.g. one voice call and three chats; a channel not named has none.
+    PerChannel(BTreeMap<String, u32>),
+}
+
+impl Capacity {
+    /// Whether one more interaction on `channel` fits beside `held` (channel of each held one).
+    pub fn fits<'a>(&self, channel: &str, held: impl Iterator<Item = &'a str>) -> bool {
+        match self {
+            Capacity::Total(total) => held.count() < *total as usize,
+            Capacity::PerChannel(per_channel) => {
+                let limit = per_channel.get(channel).copied().unwrap_or(0) as usize;
+                held.filter(|held_channel| *held_channel == channel).count() < limit
+            }
+        }
+    }
+
+    /// Whether some channel still has room beside `held`.
+    pub fn has_room<'a>(&self, held: impl Iterator<Item = &'a str> + Clone) -> bool {
+        match self {
+            Capacity::Total(total) => held.count() < *total as usize,
+            Capacity::PerChannel(per_channel) => per_channel.iter().any(|(channel, limit)| {
+                held.clone().filter(|h| h == channel).count() < *limit as usize
+            }),
+        }
+    }
+}
+
 /// What an administrator says about an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentProfile {
@@ -101,8 +133,7 @@ pub struct AgentProfile {
     pub name: String,
     pub address: Option<String>,
     pub skills: BTreeMap<String, SkillLevel>,
-    /// At least 1.
-    pub capacity: u32,
+    pub capacity: Capacity,
 }
 
 /// An agent as the state holds it.
@@ -112,4 +143,12 @@ pub struct Agent {
     pub presence: Presence,
     /// The ack cursor; not an event, kept beside the log and loaded into the state.
     pub acked_seq: Seq,
+    /// Since when the agent has had nothing to do (for `longest_idle`).
+    pub idle_since: Timestamp,
+    /// When the agent was last offered a caller by a queue, in offer order (for `round_robin`).
+    pub last_routed: u64,
+    /// Interactions accepted, by day number of the calendar (for `least_occupied`).
+    pub handled: (i64, u32),
+    /// Offers missed (rejected or timed out) since the last accept.
+    pub missed_in_a_row: u32,
 }

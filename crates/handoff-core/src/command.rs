@@ -1,8 +1,9 @@
 //! Commands: what callers ask of the state machine, and why it may refuse.
 
 use crate::agent::{AgentProfile, PresenceSource, PresenceStatus};
-use crate::ids::{AgentId, InteractionId};
+use crate::ids::{AgentId, InteractionId, QueueName};
 use crate::interaction::{InteractionSpec, InteractionState, Target};
+use crate::queue::{QueueConfig, QueueConfigError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -51,8 +52,16 @@ pub enum Command {
     ConnectionLost {
         agent: AgentId,
     },
-    /// Time passed: expire every offer whose deadline is at or before `now`.
+    /// Time passed: expire every offer, wait and wrap-up due at or before `now`, and route
+    /// callers whose requirement relaxed.
     Tick,
+    /// Create or replace a queue.
+    UpsertQueue {
+        config: QueueConfig,
+    },
+    DeleteQueue {
+        name: QueueName,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -81,4 +90,12 @@ pub enum CommandError {
     TransferToSelf,
     #[error("the fallback must differ from the target")]
     FallbackSameAsTarget,
+    #[error("no queue named {0}")]
+    UnknownQueue(QueueName),
+    #[error("queue {0} has callers waiting or offered, or another queue overflows into it; it cannot be deleted now")]
+    QueueInUse(QueueName),
+    #[error("the overflow queue {0} does not exist")]
+    UnknownOverflowQueue(QueueName),
+    #[error(transparent)]
+    InvalidQueue(#[from] QueueConfigError),
 }

@@ -1,8 +1,21 @@
 //! The closed set of events: every change to the state is one of these, appended to the log.
 
 use crate::agent::{AgentProfile, Presence};
-use crate::ids::{AgentId, InteractionId, Timestamp};
+use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
 use crate::interaction::{InteractionSpec, Target};
+use crate::queue::{QueueConfig, Strategy};
+
+/// Why an offer went to the agent it went to: shown with the screen pop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// The queue's strategy; `None` for an interaction addressed to the agent directly.
+    pub strategy: Option<Strategy>,
+    /// How many agents met the requirement and were available with room (on some channel)
+    /// at that moment: read from the routing index, so it costs no scan.
+    pub eligible: u32,
+    /// A sentence naming what decided it.
+    pub reason: String,
+}
 
 /// Why an offer ended without an accept or a reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,14 +28,17 @@ pub enum OfferEndReason {
     Abandoned,
     /// The agent was deleted.
     AgentDeleted,
+    /// Another agent of a `ring_all` queue accepted first.
+    AnsweredElsewhere,
 }
 
 impl OfferEndReason {
-    pub const ALL: [OfferEndReason; 4] = [
+    pub const ALL: [OfferEndReason; 5] = [
         OfferEndReason::TimedOut,
         OfferEndReason::ConnectionLost,
         OfferEndReason::Abandoned,
         OfferEndReason::AgentDeleted,
+        OfferEndReason::AnsweredElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +47,7 @@ impl OfferEndReason {
             OfferEndReason::ConnectionLost => "connection_lost",
             OfferEndReason::Abandoned => "abandoned",
             OfferEndReason::AgentDeleted => "agent_deleted",
+            OfferEndReason::AnsweredElsewhere => "answered_elsewhere",
         }
     }
 
@@ -64,6 +81,8 @@ pub enum Event {
         id: InteractionId,
         target: Target,
         at: Timestamp,
+        /// Back in the same line after a missed offer: the caller keeps its place.
+        requeued: bool,
     },
     InteractionOffered {
         id: InteractionId,
@@ -72,6 +91,7 @@ pub enum Event {
         target: Target,
         expires_at: Timestamp,
         at: Timestamp,
+        routing: Routing,
     },
     OfferRevoked {
         id: InteractionId,
@@ -119,6 +139,22 @@ pub enum Event {
         disposition: Option<String>,
         notes: Option<String>,
         at: Timestamp,
+        /// Completed by the queue's `wrap_up_s` running out, not by the agent.
+        wrap_up_expired: bool,
+    },
+    /// The caller waited the queue's `max_wait_s` and there was no overflow.
+    InteractionTimedOut {
+        id: InteractionId,
+        at: Timestamp,
+    },
+    QueueUpserted {
+        config: QueueConfig,
+        created: bool,
+        at: Timestamp,
+    },
+    QueueDeleted {
+        name: QueueName,
+        at: Timestamp,
     },
 }
 
@@ -141,6 +177,10 @@ impl Event {
             Event::InteractionAbandoned { .. } => "interaction.abandoned",
             Event::InteractionUnanswered { .. } => "interaction.unanswered",
             Event::InteractionCompleted { .. } => "interaction.completed",
+            Event::InteractionTimedOut { .. } => "interaction.timed_out",
+            Event::QueueUpserted { created: true, .. } => "queue.created",
+            Event::QueueUpserted { .. } => "queue.updated",
+            Event::QueueDeleted { .. } => "queue.deleted",
         }
     }
 
@@ -154,7 +194,10 @@ impl Event {
                 agent.as_str()
             }
             Event::InteractionCreated { spec } => spec.id.as_str(),
-            Event::InteractionQueued { id, .. }
+            Event::QueueUpserted { config, .. } => config.name.as_str(),
+            Event::QueueDeleted { name, .. } => name.as_str(),
+            Event::InteractionTimedOut { id, .. }
+            | Event::InteractionQueued { id, .. }
             | Event::InteractionOffered { id, .. }
             | Event::OfferRevoked { id, .. }
             | Event::InteractionAccepted { id, .. }
@@ -184,6 +227,9 @@ impl Event {
             | Event::InteractionEnded { at, .. }
             | Event::InteractionAbandoned { at, .. }
             | Event::InteractionUnanswered { at, .. }
+            | Event::InteractionTimedOut { at, .. }
+            | Event::QueueUpserted { at, .. }
+            | Event::QueueDeleted { at, .. }
             | Event::InteractionCompleted { at, .. } => *at,
         }
     }
@@ -194,8 +240,11 @@ impl Event {
             Event::AgentCreated { .. }
             | Event::AgentUpdated { .. }
             | Event::AgentDeleted { .. }
-            | Event::PresenceChanged { .. } => None,
+            | Event::PresenceChanged { .. }
+            | Event::QueueUpserted { .. }
+            | Event::QueueDeleted { .. } => None,
             Event::InteractionCreated { spec } => Some(&spec.id),
+            Event::InteractionTimedOut { id, .. } => Some(id),
             Event::InteractionQueued { id, .. }
             | Event::InteractionOffered { id, .. }
             | Event::OfferRevoked { id, .. }

@@ -37,6 +37,11 @@ macro_rules! identifier {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The smallest value, for the lower bound of a range.
+            pub fn lowest() -> Self {
+                Self(String::new())
+            }
         }
 
         impl fmt::Display for $name {
@@ -115,6 +120,10 @@ impl Timestamp {
 
     pub fn millis(self) -> i64 {
         self.0
+    }
+
+    pub fn plus_millis(self, millis: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(millis))
     }
 
     pub fn plus_seconds(self, seconds: u64) -> Timestamp {

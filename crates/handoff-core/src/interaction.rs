@@ -89,8 +89,21 @@ pub struct Interaction {
     pub current_target: Target,
     /// The fallback not used yet for the current target.
     pub pending_fallback: Option<Target>,
-    /// The agent it is offered or assigned to now.
+    /// The agent it is offered (a single offer) or assigned to now.
     pub agent: Option<AgentId>,
+    /// Every agent with an open offer of it: one, or several while a `ring_all` queue rings.
+    pub offered_to: BTreeSet<AgentId>,
+    /// The agents who missed its latest offer (rejected it, let it time out, lost their
+    /// connection): not offered it again straight away while another agent can take it.
+    pub just_missed_by: BTreeSet<AgentId>,
+    /// When it entered its current queue (for the queue's statistics).
+    pub entered_queue_at: Option<Timestamp>,
+    /// When its caller is sent to the overflow or timed out, while it waits in a queue.
+    pub max_wait_at: Option<Timestamp>,
+    /// When the requirement relaxes next, one entry per escalation step still ahead.
+    pub escalations: Vec<Timestamp>,
+    /// When wrap-up ends by itself (a queue's `wrap_up_s` after the hangup).
+    pub wrap_up_until: Option<Timestamp>,
     pub offer_expires_at: Option<Timestamp>,
     /// Every agent it was ever offered or assigned to: they may read it.
     pub involved_agents: BTreeSet<AgentId>,

@@ -8,11 +8,18 @@ pub mod command;
 pub mod event;
 pub mod ids;
 pub mod interaction;
+pub mod queue;
+pub mod router;
 pub mod state;
+pub mod stats;
 
-pub use agent::{Activity, Agent, AgentProfile, Presence, PresenceSource, PresenceStatus};
+pub use agent::{
+    Activity, Agent, AgentProfile, Capacity, Presence, PresenceSource, PresenceStatus,
+};
 pub use command::{Command, CommandError};
-pub use event::{Event, OfferEndReason};
+pub use event::{Event, OfferEndReason, Routing};
 pub use ids::{AgentId, IdError, InteractionId, QueueName, Seq, SkillLevel, Timestamp};
 pub use interaction::{Interaction, InteractionSpec, InteractionState, Target};
-pub use state::{Settings, State};
+pub use queue::{EscalationStep, QueueConfig, QueueConfigError, Strategy};
+pub use state::{Calendar, Settings, State, UtcCalendar};
+pub use stats::{QueueStatistics, Window, WindowPair};

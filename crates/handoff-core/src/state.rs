@@ -1,23 +1,49 @@
 //! The state machine: `State::execute(command, now)` validates, then appends events by applying
-//! them one at a time; `State::apply` is the only place that changes the state, and replaying
-//! the log through it rebuilds the same state.
+//! them one at a time; `State::apply` is the only place that changes what the state says, and
+//! replaying the log through it rebuilds the same state. After every command, `dispatch` offers
+//! waiting callers to agents who can take them, reading ordered indexes, never scanning agents.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
 
 use crate::agent::{Activity, Agent, Presence, PresenceSource, PresenceStatus};
 use crate::command::{Command, CommandError};
-use crate::event::{Event, OfferEndReason};
-use crate::ids::{AgentId, InteractionId, Seq, Timestamp};
+use crate::event::{Event, OfferEndReason, Routing};
+use crate::ids::{AgentId, InteractionId, QueueName, Seq, Timestamp};
 use crate::interaction::{Interaction, InteractionState, Target};
+use crate::queue::{QueueConfig, Strategy};
+use crate::router::{handled_on, QueueIndex};
+use crate::stats::{QueueStatistics, WindowPair};
+
+/// Tells which calendar day a moment falls on, in the configured time zone ("today" for
+/// `least_occupied`). A pure function: the core still reads no clock.
+pub trait Calendar: Send + Sync + Debug {
+    /// Days since some fixed day; only equality and order matter.
+    fn day_of(&self, at: Timestamp) -> i64;
+}
+
+/// Days in UTC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UtcCalendar;
+
+impl Calendar for UtcCalendar {
+    fn day_of(&self, at: Timestamp) -> i64 {
+        at.millis().div_euclid(86_400_000)
+    }
+}
 
 /// Settings the state machine needs; everything else about configuration stays outside.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// How long an offer to an agent target stays open.
     pub offer_timeout_s: u64,
     /// Whether a lost connection (after its grace period) sets the agent offline.
     pub offline_on_disconnect: bool,
+    /// Misses in a row (rejects or timed-out offers) after which an agent is set away.
+    pub max_missed_offers: u32,
+    pub calendar: Arc<dyn Calendar>,
 }
 
 impl Default for Settings {
@@ -25,6 +51,8 @@ impl Default for Settings {
         Settings {
             offer_timeout_s: 20,
             offline_on_disconnect: true,
+            max_missed_offers: 2,
+            calendar: Arc::new(UtcCalendar),
         }
     }
 }
@@ -32,23 +60,49 @@ impl Default for Settings {
 /// Events appended by one command, each with the agents it is for.
 type Events = Vec<(Event, Vec<AgentId>)>;
 
-/// The place of a waiting caller: higher priority first, then longest waiting, then append order.
-type WaitingKey = (Reverse<i32>, Timestamp, u64, InteractionId);
+/// A caller's place in its line: higher priority first, then longest waiting, then arrival.
+type WaitingKey = (Reverse<i32>, Timestamp, u64);
+
+/// Callers wait per target and channel: within one line every caller needs the same kind of
+/// room, so the first caller of a priority that cannot be served means none after it can.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum LineKey {
+    Agent(AgentId, String),
+    Queue(QueueName, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum TimerKind {
+    Offer,
+    MaxWait,
+    WrapUp,
+}
 
 #[derive(Debug, Clone)]
 pub struct State {
     settings: Settings,
     agents: BTreeMap<AgentId, Agent>,
+    queues: BTreeMap<QueueName, QueueIndex>,
+    /// The queues each agent serves at some level.
+    memberships: HashMap<AgentId, BTreeSet<QueueName>>,
     interactions: HashMap<InteractionId, Interaction>,
     /// Interactions in creation order, for listing.
     creation_order: Vec<InteractionId>,
-    /// Interactions each agent holds: offered, accepted or in wrap-up.
+    /// Interactions each agent holds: offered to it, accepted or in wrap-up.
     held: HashMap<AgentId, BTreeSet<InteractionId>>,
-    /// Open offers by deadline.
-    deadlines: BTreeSet<(Timestamp, InteractionId)>,
-    /// Callers waiting, in line order.
-    waiting: BTreeSet<WaitingKey>,
+    /// Deadlines set by events: offers, waits, wrap-ups.
+    timers: BTreeSet<(Timestamp, TimerKind, InteractionId)>,
+    /// When waiting callers' requirements relax: a wake-up, not state (see `next_wakeup`).
+    escalations: BTreeSet<(Timestamp, InteractionId)>,
+    lines: BTreeMap<LineKey, BTreeMap<WaitingKey, InteractionId>>,
+    line_of: HashMap<InteractionId, (LineKey, WaitingKey)>,
     waiting_counter: u64,
+    route_counter: u64,
+    /// The calendar day the strategy keys were computed for.
+    today: i64,
+    /// Agents looked at by routing decisions, in total (a cost measure for tests and benches).
+    examined: u64,
+    stats: QueueStatistics,
 }
 
 impl State {
@@ -56,12 +110,20 @@ impl State {
         State {
             settings,
             agents: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            memberships: HashMap::new(),
             interactions: HashMap::new(),
             creation_order: Vec::new(),
             held: HashMap::new(),
-            deadlines: BTreeSet::new(),
-            waiting: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            escalations: BTreeSet::new(),
+            lines: BTreeMap::new(),
+            line_of: HashMap::new(),
             waiting_counter: 0,
+            route_counter: 0,
+            today: 0,
+            examined: 0,
+            stats: QueueStatistics::new(),
         }
     }
 
@@ -79,6 +141,31 @@ impl State {
         self.agents.values()
     }
 
+    pub fn queue(&self, name: &QueueName) -> Option<&QueueConfig> {
+        self.queues.get(name).map(|index| &index.config)
+    }
+
+    pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
+        self.queues.values().map(|index| &index.config)
+    }
+
+    /// Agents that meet some level of the queue.
+    pub fn queue_members<'a>(&'a self, name: &QueueName) -> impl Iterator<Item = &'a Agent> {
+        let serves = self.queues.get(name);
+        self.agents
+            .values()
+            .filter(move |agent| serves.is_some_and(|q| q.serves(&agent.profile.id)))
+    }
+
+    /// Callers waiting in the queue (every channel), in line order within each channel.
+    pub fn waiting_in<'a>(&'a self, name: &'a QueueName) -> impl Iterator<Item = &'a Interaction> {
+        self.lines
+            .iter()
+            .filter(move |(key, _)| matches!(key, LineKey::Queue(q, _) if q == name))
+            .flat_map(|(_, line)| line.values())
+            .filter_map(|id| self.interactions.get(id))
+    }
+
     pub fn interaction(&self, id: &InteractionId) -> Option<&Interaction> {
         self.interactions.get(id)
     }
@@ -90,7 +177,7 @@ impl State {
             .filter_map(|id| self.interactions.get(id))
     }
 
-    /// Interactions the agent holds now (offered, accepted, wrap-up).
+    /// Interactions the agent holds now (offered to it, accepted, wrap-up).
     pub fn held_by(&self, agent: &AgentId) -> impl Iterator<Item = &Interaction> {
         self.held
             .get(agent)
@@ -112,28 +199,48 @@ impl State {
             .unwrap_or(Activity::Idle)
     }
 
-    /// 1-based place in the line of callers waiting for the same target, for a queued interaction.
+    /// 1-based place in the line of callers waiting for the same target and channel.
     pub fn position(&self, id: &InteractionId) -> Option<usize> {
-        let interaction = self.interactions.get(id)?;
-        let key = waiting_key(interaction);
-        if !self.waiting.contains(&key) {
-            return None;
-        }
-        let ahead = self
-            .waiting
-            .range(..key)
-            .filter(|(_, _, _, other)| {
-                self.interactions
-                    .get(other)
-                    .is_some_and(|o| o.current_target == interaction.current_target)
-            })
-            .count();
-        Some(ahead + 1)
+        let (line, key) = self.line_of.get(id)?;
+        Some(self.lines.get(line)?.range(..*key).count() + 1)
     }
 
-    /// The earliest open offer deadline: when `Command::Tick` next has work.
+    /// The earliest deadline set by an event (offer, wait, wrap-up).
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.timers.first().map(|(at, _, _)| *at)
+    }
+
+    /// When `Command::Tick` next has work after `now`: a deadline, or a waiting caller's
+    /// requirement relaxing.
+    pub fn next_wakeup(&self, now: Timestamp) -> Option<Timestamp> {
+        let escalation = self
+            .escalations
+            .range((now.plus_millis(1), InteractionId::lowest())..)
+            .next()
+            .map(|(at, _)| *at);
+        match (self.next_deadline(), escalation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The queue's counters over the last 15 minutes and since `day_start`.
+    pub fn queue_stats(
+        &self,
+        name: &QueueName,
+        now: Timestamp,
+        day_start: Timestamp,
+    ) -> WindowPair {
+        let service_level_s = self
+            .queues
+            .get(name)
+            .map_or(20, |q| q.config.service_level_s);
+        self.stats.snapshot(name, now, day_start, service_level_s)
+    }
+
+    /// Agents looked at by routing decisions so far.
+    pub fn agents_examined(&self) -> u64 {
+        self.examined
     }
 
     /// Moves an agent's ack cursor forward; acks are not events, the store keeps them beside the log.
@@ -143,23 +250,48 @@ impl State {
         }
     }
 
-    fn has_free_capacity(&self, agent: &Agent) -> bool {
-        let held = self.held.get(&agent.profile.id).map_or(0, BTreeSet::len);
-        held < agent.profile.capacity as usize
+    fn held_channels<'a>(&'a self, agent: &AgentId) -> impl Iterator<Item = &'a str> + Clone {
+        self.held
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.interactions.get(id))
+            .map(|i| i.spec.channel.as_str())
     }
 
-    fn can_take_offer(&self, agent: &AgentId) -> bool {
-        self.agents.get(agent).is_some_and(|agent| {
-            agent.presence.status == PresenceStatus::Available && self.has_free_capacity(agent)
+    /// Available, with room for one more interaction on `channel`.
+    fn can_take(&self, agent: &AgentId, channel: &str) -> bool {
+        self.agents.get(agent).is_some_and(|a| {
+            a.presence.status == PresenceStatus::Available
+                && a.profile.capacity.fits(channel, self.held_channels(agent))
         })
     }
 
-    fn is_waiting_for(&self, target: &Target) -> bool {
-        self.waiting.iter().any(|(_, _, _, id)| {
-            self.interactions
-                .get(id)
-                .is_some_and(|i| &i.current_target == target)
-        })
+    /// Available, with room on some channel: filed in the queues' routable sets.
+    fn is_routable(&self, agent: &Agent) -> bool {
+        agent.presence.status == PresenceStatus::Available
+            && agent
+                .profile
+                .capacity
+                .has_room(self.held_channels(&agent.profile.id))
+    }
+
+    fn line_key(interaction: &Interaction) -> LineKey {
+        let channel = interaction.spec.channel.clone();
+        match &interaction.current_target {
+            Target::Agent(agent) => LineKey::Agent(agent.clone(), channel),
+            Target::Queue(queue) => LineKey::Queue(queue.clone(), channel),
+        }
+    }
+
+    fn offer_timeout_s(&self, interaction: &Interaction) -> u64 {
+        match &interaction.current_target {
+            Target::Queue(queue) => self
+                .queues
+                .get(queue)
+                .map_or(self.settings.offer_timeout_s, |q| q.config.offer_timeout_s),
+            Target::Agent(_) => self.settings.offer_timeout_s,
+        }
     }
 
     // ----- commands ------------------------------------------------------------------------
@@ -181,84 +313,40 @@ impl State {
         command: Command,
         now: Timestamp,
     ) -> Result<Vec<(Event, Vec<AgentId>)>, CommandError> {
+        self.check(&command)?;
+        self.refresh_day(now);
         let mut out = Vec::new();
+        self.run(&mut out, command, now);
+        self.dispatch(&mut out, now);
+        Ok(out)
+    }
+
+    /// Everything that can refuse a command, before anything changes.
+    fn check(&self, command: &Command) -> Result<(), CommandError> {
         match command {
-            Command::UpsertAgent { profile } => match self.agents.get(&profile.id) {
-                Some(existing) if existing.profile == profile => {}
-                Some(_) => self.emit(&mut out, Event::AgentUpdated { profile, at: now }),
-                None => {
-                    let presence = Presence {
-                        status: PresenceStatus::Offline,
-                        reason: None,
-                        source: PresenceSource::System,
-                        since: now,
-                    };
-                    self.emit(&mut out, Event::AgentCreated { profile, presence });
-                }
-            },
+            Command::UpsertAgent { .. } | Command::Tick => Ok(()),
             Command::DeleteAgent { agent } => {
-                if !self.agents.contains_key(&agent) {
-                    return Err(CommandError::UnknownAgent(agent));
+                if !self.agents.contains_key(agent) {
+                    return Err(CommandError::UnknownAgent(agent.clone()));
                 }
-                let held: Vec<Interaction> = self.held_by(&agent).cloned().collect();
-                if held.iter().any(|i| i.state != InteractionState::Offered) {
-                    return Err(CommandError::AgentHoldsInteractions(agent));
+                let engaged = self
+                    .held_by(agent)
+                    .any(|i| i.state != InteractionState::Offered);
+                if engaged {
+                    return Err(CommandError::AgentHoldsInteractions(agent.clone()));
                 }
-                let target = Target::Agent(agent.clone());
-                let waiting_for_agent: Vec<InteractionId> = self
-                    .waiting
-                    .iter()
-                    .map(|(_, _, _, id)| id.clone())
-                    .filter(|id| self.interactions[id].current_target == target)
-                    .collect();
-                self.emit(
-                    &mut out,
-                    Event::AgentDeleted {
-                        agent: agent.clone(),
-                        at: now,
-                    },
-                );
-                for interaction in held {
-                    let id = interaction.spec.id.clone();
-                    self.emit(
-                        &mut out,
-                        Event::OfferRevoked {
-                            id: id.clone(),
-                            agent: agent.clone(),
-                            reason: OfferEndReason::AgentDeleted,
-                            at: now,
-                        },
-                    );
-                    self.after_missed_offer(&mut out, &id, now);
-                }
-                for id in waiting_for_agent {
-                    self.after_missed_offer(&mut out, &id, now);
-                }
+                Ok(())
             }
-            Command::SetPresence {
-                agent,
-                status,
-                reason,
-                source,
-            } => {
-                let current = &self
-                    .agents
-                    .get(&agent)
-                    .ok_or_else(|| CommandError::UnknownAgent(agent.clone()))?
-                    .presence;
-                if current.status != status || current.reason != reason {
-                    let presence = Presence {
-                        status,
-                        reason,
-                        source,
-                        since: now,
-                    };
-                    self.emit(&mut out, Event::PresenceChanged { agent, presence });
+            Command::SetPresence { agent, .. } | Command::ConnectionLost { agent } => {
+                if self.agents.contains_key(agent) {
+                    Ok(())
+                } else {
+                    Err(CommandError::UnknownAgent(agent.clone()))
                 }
             }
             Command::CreateInteraction { spec } => {
                 if self.interactions.contains_key(&spec.id) {
-                    return Err(CommandError::DuplicateInteraction(spec.id));
+                    return Err(CommandError::DuplicateInteraction(spec.id.clone()));
                 }
                 self.check_target(&spec.target)?;
                 if let Some(fallback) = &spec.fallback {
@@ -267,34 +355,12 @@ impl State {
                         return Err(CommandError::FallbackSameAsTarget);
                     }
                 }
-                let id = spec.id.clone();
-                let target = spec.target.clone();
-                self.emit(&mut out, Event::InteractionCreated { spec });
-                self.route(&mut out, &id, target, now);
+                Ok(())
             }
-            Command::Accept { id, agent } => {
-                self.check_offered_to(&id, &agent, "accept")?;
-                self.emit(&mut out, Event::InteractionAccepted { id, agent, at: now });
-            }
-            Command::Reject { id, agent } => {
-                self.check_offered_to(&id, &agent, "reject")?;
-                self.emit(
-                    &mut out,
-                    Event::InteractionRejected {
-                        id: id.clone(),
-                        agent,
-                        at: now,
-                    },
-                );
-                self.after_missed_offer(&mut out, &id, now);
-            }
-            Command::Complete {
-                id,
-                agent,
-                disposition,
-                notes,
-            } => {
-                let interaction = self.held_interaction(&id, &agent)?;
+            Command::Accept { id, agent } => self.check_offered_to(id, agent, "accept"),
+            Command::Reject { id, agent } => self.check_offered_to(id, agent, "reject"),
+            Command::Complete { id, agent, .. } => {
+                let interaction = self.held_interaction(id, agent)?;
                 if !matches!(
                     interaction.state,
                     InteractionState::Accepted | InteractionState::WrapUp
@@ -304,14 +370,182 @@ impl State {
                         state: interaction.state,
                     });
                 }
+                Ok(())
+            }
+            Command::Transfer {
+                id,
+                agent,
+                target,
+                fallback,
+                ..
+            } => {
+                let interaction = self.held_interaction(id, agent)?;
+                if interaction.state != InteractionState::Accepted {
+                    return Err(CommandError::WrongState {
+                        action: "transfer",
+                        state: interaction.state,
+                    });
+                }
+                self.check_target(target)?;
+                if target == &Target::Agent(agent.clone()) {
+                    return Err(CommandError::TransferToSelf);
+                }
+                if let Some(fallback) = fallback {
+                    self.check_target(fallback)?;
+                    if fallback == target {
+                        return Err(CommandError::FallbackSameAsTarget);
+                    }
+                }
+                Ok(())
+            }
+            Command::Hangup { id } => {
+                let interaction = self
+                    .interactions
+                    .get(id)
+                    .ok_or_else(|| CommandError::UnknownInteraction(id.clone()))?;
+                match interaction.state {
+                    InteractionState::Queued
+                    | InteractionState::Offered
+                    | InteractionState::Accepted => Ok(()),
+                    state => Err(CommandError::WrongState {
+                        action: "hang up",
+                        state,
+                    }),
+                }
+            }
+            Command::UpsertQueue { config } => {
+                config.validate()?;
+                match &config.overflow {
+                    Some(overflow) if !self.queues.contains_key(overflow) => {
+                        Err(CommandError::UnknownOverflowQueue(overflow.clone()))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Command::DeleteQueue { name } => {
+                if !self.queues.contains_key(name) {
+                    return Err(CommandError::UnknownQueue(name.clone()));
+                }
+                let in_use = self.interactions.values().any(|i| {
+                    matches!(&i.current_target, Target::Queue(q) if q == name)
+                        && matches!(
+                            i.state,
+                            InteractionState::Queued | InteractionState::Offered
+                        )
+                });
+                let overflows_here = self
+                    .queues
+                    .values()
+                    .any(|q| q.config.overflow.as_ref() == Some(name) && &q.config.name != name);
+                if in_use || overflows_here {
+                    return Err(CommandError::QueueInUse(name.clone()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends the events of a command that passed `check`.
+    fn run(&mut self, out: &mut Events, command: Command, now: Timestamp) {
+        match command {
+            Command::UpsertAgent { profile } => match self.agents.get(&profile.id) {
+                Some(existing) if existing.profile == profile => {}
+                Some(_) => self.emit(out, Event::AgentUpdated { profile, at: now }),
+                None => {
+                    let presence = Presence {
+                        status: PresenceStatus::Offline,
+                        reason: None,
+                        source: PresenceSource::System,
+                        since: now,
+                    };
+                    self.emit(out, Event::AgentCreated { profile, presence });
+                }
+            },
+            Command::DeleteAgent { agent } => {
+                let offered: Vec<InteractionId> =
+                    self.held_by(&agent).map(|i| i.spec.id.clone()).collect();
+                let target = Target::Agent(agent.clone());
+                let waiting_for_agent: Vec<InteractionId> = self
+                    .lines
+                    .iter()
+                    .filter(|(key, _)| matches!(key, LineKey::Agent(a, _) if *a == agent))
+                    .flat_map(|(_, line)| line.values().cloned())
+                    .collect();
+                self.emit(
+                    out,
+                    Event::AgentDeleted {
+                        agent: agent.clone(),
+                        at: now,
+                    },
+                );
+                for id in offered {
+                    self.revoke(out, &id, &agent, OfferEndReason::AgentDeleted, now);
+                    self.after_offer_ended(out, &id, now);
+                }
+                for id in waiting_for_agent {
+                    self.fall_back_or_end_unanswered(out, &id, &target, now);
+                }
+            }
+            Command::SetPresence {
+                agent,
+                status,
+                reason,
+                source,
+            } => {
+                let current = &self.agents[&agent].presence;
+                if current.status != status || current.reason != reason {
+                    let presence = Presence {
+                        status,
+                        reason,
+                        source,
+                        since: now,
+                    };
+                    self.emit(out, Event::PresenceChanged { agent, presence });
+                }
+            }
+            Command::CreateInteraction { spec } => {
+                let id = spec.id.clone();
+                let target = spec.target.clone();
+                self.emit(out, Event::InteractionCreated { spec });
+                self.route(out, &id, target, now);
+            }
+            Command::Accept { id, agent } => {
+                let others: Vec<AgentId> = self.interactions[&id]
+                    .offered_to
+                    .iter()
+                    .filter(|other| **other != agent)
+                    .cloned()
+                    .collect();
+                for other in others {
+                    self.revoke(out, &id, &other, OfferEndReason::AnsweredElsewhere, now);
+                }
+                self.emit(out, Event::InteractionAccepted { id, agent, at: now });
+            }
+            Command::Reject { id, agent } => {
+                let rejected = Event::InteractionRejected {
+                    id: id.clone(),
+                    agent: agent.clone(),
+                    at: now,
+                };
+                self.emit(out, rejected);
+                self.after_offer_ended(out, &id, now);
+                self.away_after_misses(out, &agent, now);
+            }
+            Command::Complete {
+                id,
+                agent,
+                disposition,
+                notes,
+            } => {
                 let event = Event::InteractionCompleted {
                     id,
                     agent,
                     disposition,
                     notes,
                     at: now,
+                    wrap_up_expired: false,
                 };
-                self.emit(&mut out, event);
+                self.emit(out, event);
             }
             Command::Transfer {
                 id,
@@ -320,23 +554,6 @@ impl State {
                 fallback,
                 note,
             } => {
-                let interaction = self.held_interaction(&id, &agent)?;
-                if interaction.state != InteractionState::Accepted {
-                    return Err(CommandError::WrongState {
-                        action: "transfer",
-                        state: interaction.state,
-                    });
-                }
-                self.check_target(&target)?;
-                if target == Target::Agent(agent.clone()) {
-                    return Err(CommandError::TransferToSelf);
-                }
-                if let Some(fallback) = &fallback {
-                    self.check_target(fallback)?;
-                    if fallback == &target {
-                        return Err(CommandError::FallbackSameAsTarget);
-                    }
-                }
                 let event = Event::InteractionTransferred {
                     id: id.clone(),
                     from: agent,
@@ -345,103 +562,166 @@ impl State {
                     note,
                     at: now,
                 };
-                self.emit(&mut out, event);
-                self.route(&mut out, &id, target, now);
+                self.emit(out, event);
+                self.route(out, &id, target, now);
             }
             Command::Hangup { id } => {
-                let interaction = self
-                    .interactions
-                    .get(&id)
-                    .ok_or_else(|| CommandError::UnknownInteraction(id.clone()))?;
-                match (interaction.state, interaction.agent.clone()) {
-                    (InteractionState::Queued, _) => {
-                        self.emit(&mut out, Event::InteractionAbandoned { id, at: now })
+                let interaction = &self.interactions[&id];
+                match interaction.state {
+                    InteractionState::Accepted => {
+                        let agent = interaction.agent.clone().expect("accepted has an agent");
+                        self.emit(out, Event::InteractionEnded { id, agent, at: now });
                     }
-                    (InteractionState::Offered, Some(agent)) => {
-                        let revoked = Event::OfferRevoked {
-                            id: id.clone(),
-                            agent,
-                            reason: OfferEndReason::Abandoned,
-                            at: now,
-                        };
-                        self.emit(&mut out, revoked);
-                        self.emit(&mut out, Event::InteractionAbandoned { id, at: now });
-                    }
-                    (InteractionState::Accepted, Some(agent)) => {
-                        self.emit(&mut out, Event::InteractionEnded { id, agent, at: now })
-                    }
-                    (state, _) => {
-                        return Err(CommandError::WrongState {
-                            action: "hang up",
-                            state,
-                        })
+                    _ => {
+                        let offered: Vec<AgentId> =
+                            interaction.offered_to.iter().cloned().collect();
+                        for agent in offered {
+                            self.revoke(out, &id, &agent, OfferEndReason::Abandoned, now);
+                        }
+                        self.emit(out, Event::InteractionAbandoned { id, at: now });
                     }
                 }
             }
             Command::ConnectionLost { agent } => {
-                let current = self
-                    .agents
-                    .get(&agent)
-                    .ok_or_else(|| CommandError::UnknownAgent(agent.clone()))?;
-                if self.settings.offline_on_disconnect {
-                    if current.presence.status != PresenceStatus::Offline {
-                        let presence = Presence {
-                            status: PresenceStatus::Offline,
-                            reason: Some("connection_lost".to_owned()),
-                            source: PresenceSource::System,
-                            since: now,
-                        };
-                        let event = Event::PresenceChanged {
-                            agent: agent.clone(),
-                            presence,
-                        };
-                        self.emit(&mut out, event);
-                    }
-                    let offered: Vec<InteractionId> = self
-                        .held_by(&agent)
-                        .filter(|i| i.state == InteractionState::Offered)
-                        .map(|i| i.spec.id.clone())
-                        .collect();
-                    for id in offered {
-                        self.revoke_and_move_on(
-                            &mut out,
-                            &id,
-                            &agent,
-                            OfferEndReason::ConnectionLost,
-                            now,
-                        );
-                    }
+                if !self.settings.offline_on_disconnect {
+                    return;
+                }
+                if self.agents[&agent].presence.status != PresenceStatus::Offline {
+                    let presence = Presence {
+                        status: PresenceStatus::Offline,
+                        reason: Some("connection_lost".to_owned()),
+                        source: PresenceSource::System,
+                        since: now,
+                    };
+                    let event = Event::PresenceChanged {
+                        agent: agent.clone(),
+                        presence,
+                    };
+                    self.emit(out, event);
+                }
+                let offered: Vec<InteractionId> = self
+                    .held_by(&agent)
+                    .filter(|i| i.state == InteractionState::Offered)
+                    .map(|i| i.spec.id.clone())
+                    .collect();
+                for id in offered {
+                    self.revoke(out, &id, &agent, OfferEndReason::ConnectionLost, now);
+                    self.after_offer_ended(out, &id, now);
                 }
             }
-            Command::Tick => {
-                let due: Vec<InteractionId> = self
-                    .deadlines
-                    .iter()
-                    .take_while(|(at, _)| *at <= now)
-                    .map(|(_, id)| id.clone())
-                    .collect();
-                for id in due {
-                    if let Some(agent) = self.interactions[&id].agent.clone() {
-                        self.revoke_and_move_on(
-                            &mut out,
-                            &id,
-                            &agent,
-                            OfferEndReason::TimedOut,
-                            now,
-                        );
+            Command::Tick => self.tick(out, now),
+            Command::UpsertQueue { config } => {
+                let existing = self.queues.get(&config.name).map(|q| &q.config);
+                if existing != Some(&config) {
+                    let created = existing.is_none();
+                    self.emit(
+                        out,
+                        Event::QueueUpserted {
+                            config,
+                            created,
+                            at: now,
+                        },
+                    );
+                }
+            }
+            Command::DeleteQueue { name } => self.emit(out, Event::QueueDeleted { name, at: now }),
+        }
+    }
+
+    fn tick(&mut self, out: &mut Events, now: Timestamp) {
+        // Escalations are wake-ups: the ones passed need no event, `dispatch` reads the time.
+        let passed: Vec<(Timestamp, InteractionId)> = self
+            .escalations
+            .range(..(now.plus_millis(1), InteractionId::lowest()))
+            .cloned()
+            .collect();
+        for entry in passed {
+            self.escalations.remove(&entry);
+        }
+        // Handling one timer can make another due (a caller requeued after its wait passed):
+        // go on until none is left, each timer once.
+        let mut handled = BTreeSet::new();
+        loop {
+            let due: Vec<(Timestamp, TimerKind, InteractionId)> = self
+                .timers
+                .iter()
+                .take_while(|(at, _, _)| *at <= now)
+                .filter(|timer| !handled.contains(*timer))
+                .cloned()
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            handled.extend(due.iter().cloned());
+            self.handle_due_timers(out, due, now);
+        }
+    }
+
+    fn handle_due_timers(
+        &mut self,
+        out: &mut Events,
+        due: Vec<(Timestamp, TimerKind, InteractionId)>,
+        now: Timestamp,
+    ) {
+        for (_, kind, id) in due {
+            let Some(interaction) = self.interactions.get(&id) else {
+                continue;
+            };
+            match kind {
+                TimerKind::Offer if interaction.state == InteractionState::Offered => {
+                    let offered: Vec<AgentId> = interaction.offered_to.iter().cloned().collect();
+                    for agent in &offered {
+                        self.revoke(out, &id, agent, OfferEndReason::TimedOut, now);
+                    }
+                    self.after_offer_ended(out, &id, now);
+                    for agent in &offered {
+                        self.away_after_misses(out, agent, now);
                     }
                 }
+                TimerKind::MaxWait if interaction.state == InteractionState::Queued => {
+                    let overflow = match &interaction.current_target {
+                        Target::Queue(queue) => self
+                            .queues
+                            .get(queue)
+                            .and_then(|q| q.config.overflow.clone())
+                            .filter(|overflow| self.queues.contains_key(overflow)),
+                        Target::Agent(_) => None,
+                    };
+                    match overflow {
+                        Some(overflow) => self.emit(
+                            out,
+                            Event::InteractionQueued {
+                                id,
+                                target: Target::Queue(overflow),
+                                at: now,
+                                requeued: false,
+                            },
+                        ),
+                        None => self.emit(out, Event::InteractionTimedOut { id, at: now }),
+                    }
+                }
+                TimerKind::WrapUp if interaction.state == InteractionState::WrapUp => {
+                    let agent = interaction.agent.clone().expect("wrap-up has an agent");
+                    let event = Event::InteractionCompleted {
+                        id,
+                        agent,
+                        disposition: None,
+                        notes: None,
+                        at: now,
+                        wrap_up_expired: true,
+                    };
+                    self.emit(out, event);
+                }
+                _ => {}
             }
         }
-        self.dispatch(&mut out, now);
-        Ok(out)
     }
 
     fn check_target(&self, target: &Target) -> Result<(), CommandError> {
         match target {
             Target::Agent(agent) if self.agents.contains_key(agent) => Ok(()),
             Target::Agent(agent) => Err(CommandError::UnknownTargetAgent(agent.clone())),
-            // Queues arrive with routing; until then every queue name is unknown.
+            Target::Queue(queue) if self.queues.contains_key(queue) => Ok(()),
             Target::Queue(queue) => Err(CommandError::UnknownTargetQueue(queue.to_string())),
         }
     }
@@ -462,7 +742,7 @@ impl State {
                 state: interaction.state,
             });
         }
-        if interaction.agent.as_ref() != Some(agent) {
+        if !interaction.offered_to.contains(agent) {
             return Err(CommandError::NotHeldByAgent {
                 id: id.clone(),
                 agent: agent.clone(),
@@ -495,7 +775,7 @@ impl State {
         Ok(interaction)
     }
 
-    fn revoke_and_move_on(
+    fn revoke(
         &mut self,
         out: &mut Events,
         id: &InteractionId,
@@ -510,14 +790,27 @@ impl State {
             at: now,
         };
         self.emit(out, event);
-        self.after_missed_offer(out, id, now);
     }
 
-    /// An offer ended without an accept (or the target agent went away): use the fallback
-    /// once, else the interaction ends unanswered.
-    fn after_missed_offer(&mut self, out: &mut Events, id: &InteractionId, now: Timestamp) {
-        let current = self.interactions[id].current_target.clone();
-        self.fall_back_or_end_unanswered(out, id, &current, now);
+    /// An offer ended without an accept. Once no offer of it is open: a queue's caller goes
+    /// back to its place in line; an agent target's goes to its fallback once, or unanswered.
+    fn after_offer_ended(&mut self, out: &mut Events, id: &InteractionId, now: Timestamp) {
+        let interaction = &self.interactions[id];
+        if interaction.state != InteractionState::Queued || self.line_of.contains_key(id) {
+            return;
+        }
+        match interaction.current_target.clone() {
+            Target::Queue(queue) if self.queues.contains_key(&queue) => self.emit(
+                out,
+                Event::InteractionQueued {
+                    id: id.clone(),
+                    target: Target::Queue(queue),
+                    at: now,
+                    requeued: true,
+                },
+            ),
+            current => self.fall_back_or_end_unanswered(out, id, &current, now),
+        }
     }
 
     /// Routes to the pending fallback unless it is `failed` (the target that just failed),
@@ -545,55 +838,266 @@ impl State {
         }
     }
 
-    /// Sends an interaction towards `target`: offered at once when the agent can take it and
-    /// nobody waits ahead for it, queued for it otherwise.
+    /// Sends an interaction towards `target`. An agent that can take it, with nobody waiting
+    /// ahead for it, is offered it at once; otherwise it joins the target's line, from where
+    /// `dispatch` offers it.
     fn route(&mut self, out: &mut Events, id: &InteractionId, target: Target, now: Timestamp) {
-        match &target {
-            Target::Agent(agent) if !self.agents.contains_key(agent) => {
-                // The agent was deleted since the target was accepted: the fallback was for that.
-                self.fall_back_or_end_unanswered(out, id, &target, now)
-            }
-            Target::Agent(agent) if self.can_take_offer(agent) && !self.is_waiting_for(&target) => {
+        let exists = match &target {
+            Target::Agent(agent) => self.agents.contains_key(agent),
+            Target::Queue(queue) => self.queues.contains_key(queue),
+        };
+        if !exists {
+            // Deleted since the target was accepted: the fallback was for that.
+            return self.fall_back_or_end_unanswered(out, id, &target, now);
+        }
+        if let Target::Agent(agent) = &target {
+            let channel = self.interactions[id].spec.channel.clone();
+            let nobody_ahead = self
+                .lines
+                .get(&LineKey::Agent(agent.clone(), channel.clone()))
+                .is_none_or(BTreeMap::is_empty);
+            if nobody_ahead && self.can_take(agent, &channel) {
+                let routing = Routing {
+                    strategy: None,
+                    eligible: 1,
+                    reason: "addressed to this agent".to_owned(),
+                };
+                let expires_at = now.plus_seconds(self.settings.offer_timeout_s);
                 let event = Event::InteractionOffered {
                     id: id.clone(),
                     agent: agent.clone(),
-                    target: target.clone(),
-                    expires_at: now.plus_seconds(self.settings.offer_timeout_s),
-                    at: now,
-                };
-                self.emit(out, event);
-            }
-            _ => self.emit(
-                out,
-                Event::InteractionQueued {
-                    id: id.clone(),
                     target,
+                    expires_at,
                     at: now,
-                },
-            ),
+                    routing,
+                };
+                return self.emit(out, event);
+            }
+        }
+        let event = Event::InteractionQueued {
+            id: id.clone(),
+            target,
+            at: now,
+            requeued: false,
+        };
+        self.emit(out, event);
+    }
+
+    /// After `max_missed_offers` misses in a row, an available agent is set away.
+    fn away_after_misses(&mut self, out: &mut Events, agent: &AgentId, now: Timestamp) {
+        let Some(found) = self.agents.get(agent) else {
+            return;
+        };
+        let limit = self.settings.max_missed_offers;
+        if limit > 0
+            && found.missed_in_a_row >= limit
+            && found.presence.status == PresenceStatus::Available
+        {
+            let presence = Presence {
+                status: PresenceStatus::Away,
+                reason: Some("missed_offers".to_owned()),
+                source: PresenceSource::System,
+                since: now,
+            };
+            let event = Event::PresenceChanged {
+                agent: agent.clone(),
+                presence,
+            };
+            self.emit(out, event);
         }
     }
 
-    /// Offers waiting callers to agents that can take them, in line order. Runs after every
-    /// command, so that no caller ever waits for an agent who is free.
+    /// Recomputes the strategy keys when the calendar day changed (`least_occupied` counts
+    /// what was handled today).
+    fn refresh_day(&mut self, now: Timestamp) {
+        let today = self.settings.calendar.day_of(now);
+        if today == self.today {
+            return;
+        }
+        self.today = today;
+        let agents: Vec<AgentId> = self.agents.keys().cloned().collect();
+        for agent in agents {
+            self.refile(&agent);
+        }
+    }
+
+    // ----- dispatch ------------------------------------------------------------------------
+
+    /// Offers waiting callers to agents who can take them, best caller first (priority, then
+    /// longest waiting, across all lines), until no waiting caller can be served. It runs
+    /// after every command, so no caller ever waits while an agent who could take it is free.
     fn dispatch(&mut self, out: &mut Events, now: Timestamp) {
-        let line: Vec<(InteractionId, Target)> = self
-            .waiting
-            .iter()
-            .map(|(_, _, _, id)| (id.clone(), self.interactions[id].current_target.clone()))
-            .collect();
-        for (id, target) in line {
-            if let Target::Agent(agent) = &target {
-                if self.can_take_offer(agent) {
-                    let event = Event::InteractionOffered {
-                        id,
-                        agent: agent.clone(),
-                        target: target.clone(),
-                        expires_at: now.plus_seconds(self.settings.offer_timeout_s),
-                        at: now,
-                    };
-                    self.emit(out, event);
+        loop {
+            let mut best: Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> = None;
+            let lines: Vec<LineKey> = self.lines.keys().cloned().collect();
+            for line in lines {
+                if let Some((key, id, agents, routing)) = self.servable_head(&line, now) {
+                    if best.as_ref().is_none_or(|(best_key, ..)| key < *best_key) {
+                        best = Some((key, id, agents, routing));
+                    }
                 }
+            }
+            let Some((_, id, agents, routing)) = best else {
+                break;
+            };
+            let interaction = &self.interactions[&id];
+            let target = interaction.current_target.clone();
+            let expires_at = now.plus_seconds(self.offer_timeout_s(interaction));
+            for agent in agents {
+                let event = Event::InteractionOffered {
+                    id: id.clone(),
+                    agent,
+                    target: target.clone(),
+                    expires_at,
+                    at: now,
+                    routing: routing.clone(),
+                };
+                self.emit(out, event);
+            }
+        }
+    }
+
+    /// The first caller of `line` that can be served now, with the agents to offer it to.
+    /// Within one priority, a caller who waited less never has a laxer requirement than one
+    /// ahead of it, so only the first caller of each priority needs a look.
+    fn servable_head(
+        &mut self,
+        line: &LineKey,
+        now: Timestamp,
+    ) -> Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> {
+        let mut next = self
+            .lines
+            .get(line)?
+            .iter()
+            .next()
+            .map(|(k, id)| (*k, id.clone()));
+        while let Some((key, id)) = next {
+            if let Some((agents, routing)) = self.pick_agents(line, &id, now) {
+                return Some((key, id, agents, routing));
+            }
+            let lower = key.0 .0.checked_sub(1)?;
+            next = self
+                .lines
+                .get(line)?
+                .range((Reverse(lower), Timestamp::from_millis(i64::MIN), 0)..)
+                .next()
+                .map(|(k, id)| (*k, id.clone()));
+        }
+        None
+    }
+
+    /// The agents to offer this waiting caller to now, and why; `None` when nobody can take it.
+    fn pick_agents(
+        &mut self,
+        line: &LineKey,
+        id: &InteractionId,
+        now: Timestamp,
+    ) -> Option<(Vec<AgentId>, Routing)> {
+        let interaction = &self.interactions[id];
+        match line {
+            LineKey::Agent(agent, channel) => {
+                self.examined += 1;
+                self.can_take(agent, channel).then(|| {
+                    let routing = Routing {
+                        strategy: None,
+                        eligible: 1,
+                        reason: "addressed to this agent".to_owned(),
+                    };
+                    (vec![agent.clone()], routing)
+                })
+            }
+            LineKey::Queue(queue, channel) => {
+                let index = self.queues.get(queue)?;
+                let waited_ms = now.millis() - interaction.waiting_since.millis();
+                let level = index.config.level_after(waited_ms);
+                let strategy = index.config.strategy;
+                let missed = &interaction.just_missed_by;
+                let mut chosen = Vec::new();
+                let mut skipped_missed = Vec::new();
+                let mut examined = 0u64;
+                for agent in index.routable_at(level) {
+                    examined += 1;
+                    if !self.can_take(agent, channel) {
+                        continue;
+                    }
+                    if missed.contains(agent) {
+                        skipped_missed.push(agent.clone());
+                        continue;
+                    }
+                    chosen.push(agent.clone());
+                    if strategy != Strategy::RingAll {
+                        break;
+                    }
+                }
+                let mut reason_suffix = String::new();
+                if chosen.is_empty() {
+                    // Only agents who just missed it have room: better them than nobody.
+                    if strategy == Strategy::RingAll {
+                        chosen = skipped_missed;
+                    } else {
+                        chosen.extend(skipped_missed.into_iter().next());
+                    }
+                } else if skipped_missed.len() == 1 {
+                    reason_suffix.push_str("; the agent who just missed it was passed over");
+                } else if !skipped_missed.is_empty() {
+                    reason_suffix.push_str("; the agents who just missed it were passed over");
+                }
+                self.examined += examined;
+                if chosen.is_empty() {
+                    return None;
+                }
+                let index = &self.queues[queue];
+                let eligible = index.routable_count(level) as u32;
+                let first = &self.agents[&chosen[0]];
+                let mut reason = match strategy {
+                    Strategy::LongestIdle => {
+                        format!("idle the longest: {} s", idle_seconds(first, now))
+                    }
+                    Strategy::RoundRobin => format!(
+                        "next in rotation: last offered a caller {}",
+                        if first.last_routed == 0 {
+                            "never".to_owned()
+                        } else {
+                            format!("{} offers ago", self.route_counter - first.last_routed)
+                        }
+                    ),
+                    Strategy::LeastOccupied => format!(
+                        "fewest handled today: {}, idle {} s",
+                        handled_on(first, self.today),
+                        idle_seconds(first, now)
+                    ),
+                    Strategy::MostSkilled => format!(
+                        "highest summed skill level: {} ({}), idle {} s",
+                        index.summed_level(first),
+                        index
+                            .config
+                            .skills
+                            .keys()
+                            .map(|skill| format!(
+                                "{skill} {}",
+                                first.profile.skills.get(skill).map_or(0, |l| l.get())
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        idle_seconds(first, now)
+                    ),
+                    Strategy::RingAll => format!("rings all {} eligible agents", chosen.len()),
+                };
+                if level > 0 {
+                    reason.push_str(&format!(
+                        "; requirement relaxed to step {level} after {} s waiting",
+                        waited_ms / 1000
+                    ));
+                }
+                reason.push_str(&reason_suffix);
+                Some((
+                    chosen,
+                    Routing {
+                        strategy: Some(strategy),
+                        eligible,
+                        reason,
+                    },
+                ))
             }
         }
     }
@@ -614,25 +1118,88 @@ impl State {
                     profile: profile.clone(),
                     presence: presence.clone(),
                     acked_seq: Seq::ZERO,
+                    idle_since: presence.since,
+                    last_routed: 0,
+                    handled: (0, 0),
+                    missed_in_a_row: 0,
                 };
                 self.agents.insert(profile.id.clone(), agent);
+                self.refile_skills(&profile.id);
                 Vec::new()
             }
             Event::AgentUpdated { profile, .. } => {
                 if let Some(agent) = self.agents.get_mut(&profile.id) {
                     agent.profile = profile.clone();
                 }
+                self.refile_skills(&profile.id);
                 Vec::new()
             }
             Event::AgentDeleted { agent, .. } => {
                 self.agents.remove(agent);
+                if let Some(queues) = self.memberships.remove(agent) {
+                    for queue in queues {
+                        if let Some(index) = self.queues.get_mut(&queue) {
+                            index.remove_agent(agent);
+                        }
+                    }
+                }
                 Vec::new()
             }
             Event::PresenceChanged { agent, presence } => {
+                let holds_nothing = self.held.get(agent).is_none_or(BTreeSet::is_empty);
                 if let Some(entry) = self.agents.get_mut(agent) {
+                    let comes_back = presence.status == PresenceStatus::Available
+                        && entry.presence.status != PresenceStatus::Available;
+                    if comes_back {
+                        entry.missed_in_a_row = 0;
+                        if holds_nothing {
+                            entry.idle_since = presence.since;
+                        }
+                    }
                     entry.presence = presence.clone();
                 }
+                self.refile(agent);
                 vec![agent.clone()]
+            }
+            Event::QueueUpserted { config, .. } => {
+                let mut index = QueueIndex::new(config.clone());
+                for agent in self.agents.values() {
+                    if index.set_skills(agent) {
+                        self.memberships
+                            .entry(agent.profile.id.clone())
+                            .or_default()
+                            .insert(config.name.clone());
+                    } else if let Some(set) = self.memberships.get_mut(&agent.profile.id) {
+                        set.remove(&config.name);
+                    }
+                }
+                self.queues.insert(config.name.clone(), index);
+                let agents: Vec<AgentId> = self.agents.keys().cloned().collect();
+                for agent in agents {
+                    self.refile(&agent);
+                }
+                // Waiting callers keep their place; their wake-ups follow the new steps.
+                let waiting: Vec<InteractionId> = self
+                    .line_of
+                    .iter()
+                    .filter(
+                        |(_, (line, _))| matches!(line, LineKey::Queue(q, _) if *q == config.name),
+                    )
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in waiting {
+                    self.clear_wait_timers(&id);
+                    self.set_wait_timers(&id);
+                }
+                Vec::new()
+            }
+            Event::QueueDeleted { name, .. } => {
+                self.queues.remove(name);
+                self.stats.remove_queue(name);
+                for set in self.memberships.values_mut() {
+                    set.remove(name);
+                }
+                Vec::new()
             }
             Event::InteractionCreated { spec } => {
                 let interaction = Interaction {
@@ -641,6 +1208,12 @@ impl State {
                     current_target: spec.target.clone(),
                     pending_fallback: spec.fallback.clone(),
                     agent: None,
+                    offered_to: BTreeSet::new(),
+                    just_missed_by: BTreeSet::new(),
+                    entered_queue_at: None,
+                    max_wait_at: None,
+                    escalations: Vec::new(),
+                    wrap_up_until: None,
                     offer_expires_at: None,
                     involved_agents: BTreeSet::new(),
                     waiting_since: spec.created_at,
@@ -659,24 +1232,41 @@ impl State {
     }
 
     fn apply_to_interaction(&mut self, event: &Event) -> Vec<AgentId> {
-        let Some(id) = event.interaction_id() else {
+        let Some(id) = event.interaction_id().cloned() else {
             return Vec::new();
         };
-        let Some(interaction) = self.interactions.get_mut(id) else {
+        let Some(interaction) = self.interactions.get(&id) else {
             return Vec::new();
         };
-        let agent_before = interaction.agent.clone();
-        let deadline_before = interaction.offer_expires_at;
-        let waiting_before = waiting_key(interaction);
-        interaction.updated_at = event.time();
+        let holders_before = holders(interaction);
+        let at = event.time();
+        self.leave_line(&id);
+        let interaction = self.interactions.get_mut(&id).expect("looked up above");
+        interaction.updated_at = at;
         let mut joins_line = false;
+        let mut overflowed_from = None;
+        let mut missed_by = None;
+        let mut accepted_by = None;
         match event {
-            Event::InteractionQueued { target, at, .. } => {
-                retarget(interaction, target);
+            Event::InteractionQueued {
+                target, requeued, ..
+            } => {
+                if !requeued {
+                    if let Target::Queue(previous) = &interaction.current_target {
+                        if interaction.state == InteractionState::Queued
+                            && interaction.entered_queue_at.is_some()
+                            && &interaction.current_target != target
+                        {
+                            overflowed_from = Some(previous.clone());
+                        }
+                    }
+                    retarget(interaction, target);
+                    interaction.waiting_since = at;
+                    self.waiting_counter += 1;
+                    interaction.waiting_order = self.waiting_counter;
+                    interaction.entered_queue_at = matches!(target, Target::Queue(_)).then_some(at);
+                }
                 interaction.state = InteractionState::Queued;
-                interaction.waiting_since = *at;
-                self.waiting_counter += 1;
-                interaction.waiting_order = self.waiting_counter;
                 joins_line = true;
             }
             Event::InteractionOffered {
@@ -686,19 +1276,56 @@ impl State {
                 ..
             } => {
                 retarget(interaction, target);
+                if interaction.state != InteractionState::Offered {
+                    // A new round of offers: who missed the last one was considered already.
+                    interaction.just_missed_by.clear();
+                }
                 interaction.state = InteractionState::Offered;
-                interaction.agent = Some(agent.clone());
+                interaction.offered_to.insert(agent.clone());
+                interaction.agent = single(&interaction.offered_to);
                 interaction.offer_expires_at = Some(*expires_at);
                 interaction.involved_agents.insert(agent.clone());
+                if matches!(target, Target::Queue(_)) {
+                    self.route_counter += 1;
+                    if let Some(found) = self.agents.get_mut(agent) {
+                        found.last_routed = self.route_counter;
+                    }
+                }
             }
-            Event::OfferRevoked { .. } | Event::InteractionRejected { .. } => {
-                interaction.state = InteractionState::Queued;
-                interaction.agent = None;
-                interaction.offer_expires_at = None;
+            Event::OfferRevoked { agent, reason, .. } => {
+                interaction.offered_to.remove(agent);
+                interaction.agent = single(&interaction.offered_to);
+                if matches!(
+                    reason,
+                    OfferEndReason::TimedOut | OfferEndReason::ConnectionLost
+                ) {
+                    interaction.just_missed_by.insert(agent.clone());
+                }
+                if interaction.offered_to.is_empty() {
+                    interaction.state = InteractionState::Queued;
+                    interaction.offer_expires_at = None;
+                }
+                if *reason == OfferEndReason::TimedOut {
+                    missed_by = Some(agent.clone());
+                }
             }
-            Event::InteractionAccepted { .. } => {
+            Event::InteractionRejected { agent, .. } => {
+                interaction.offered_to.remove(agent);
+                interaction.agent = single(&interaction.offered_to);
+                interaction.just_missed_by.insert(agent.clone());
+                if interaction.offered_to.is_empty() {
+                    interaction.state = InteractionState::Queued;
+                    interaction.offer_expires_at = None;
+                }
+                missed_by = Some(agent.clone());
+            }
+            Event::InteractionAccepted { agent, .. } => {
                 interaction.state = InteractionState::Accepted;
+                interaction.offered_to.clear();
+                interaction.agent = Some(agent.clone());
                 interaction.offer_expires_at = None;
+                interaction.just_missed_by.clear();
+                accepted_by = Some(agent.clone());
             }
             Event::InteractionTransferred {
                 target,
@@ -711,14 +1338,27 @@ impl State {
                 interaction.current_target = target.clone();
                 interaction.pending_fallback = fallback.clone();
                 interaction.last_transfer_note = note.clone();
+                interaction.just_missed_by.clear();
             }
-            Event::InteractionEnded { .. } => interaction.state = InteractionState::WrapUp,
+            Event::InteractionEnded { .. } => {
+                interaction.state = InteractionState::WrapUp;
+                let wrap_up_s = match &interaction.current_target {
+                    Target::Queue(queue) => self.queues.get(queue).map(|q| q.config.wrap_up_s),
+                    Target::Agent(_) => None,
+                };
+                interaction.wrap_up_until = wrap_up_s.map(|s| at.plus_seconds(s));
+            }
             Event::InteractionAbandoned { .. } => {
                 interaction.state = InteractionState::Abandoned;
                 interaction.agent = None;
+                interaction.offered_to.clear();
             }
             Event::InteractionUnanswered { .. } => {
                 interaction.state = InteractionState::Unanswered;
+                interaction.agent = None;
+            }
+            Event::InteractionTimedOut { .. } => {
+                interaction.state = InteractionState::TimedOut;
                 interaction.agent = None;
             }
             Event::InteractionCompleted {
@@ -727,64 +1367,232 @@ impl State {
                 interaction.state = InteractionState::Completed;
                 interaction.disposition = disposition.clone();
                 interaction.notes = notes.clone();
+                interaction.wrap_up_until = None;
             }
             Event::AgentCreated { .. }
             | Event::AgentUpdated { .. }
             | Event::AgentDeleted { .. }
             | Event::PresenceChanged { .. }
-            | Event::InteractionCreated { .. } => {}
+            | Event::InteractionCreated { .. }
+            | Event::QueueUpserted { .. }
+            | Event::QueueDeleted { .. } => {}
         }
-        let agent_after = interaction.agent.clone();
-        let holds_after = matches!(
-            interaction.state,
-            InteractionState::Offered | InteractionState::Accepted | InteractionState::WrapUp
-        );
-        let deadline_after = interaction.offer_expires_at;
-        let waiting_after = waiting_key(interaction);
+        self.record_stats(event, &id, at, overflowed_from.as_ref());
+        let interaction = &self.interactions[&id];
+        let holders_after = holders(interaction);
+        let deadline = (interaction.state == InteractionState::Offered)
+            .then_some(interaction.offer_expires_at)
+            .flatten();
+        let wrap_up_until = (interaction.state == InteractionState::WrapUp)
+            .then_some(interaction.wrap_up_until)
+            .flatten();
 
         // Keep the indexes in step with the interaction.
-        self.waiting.remove(&waiting_before);
+        self.timers
+            .retain(|(_, kind, timer_id)| !(timer_id == &id && *kind != TimerKind::MaxWait));
+        if let Some(at) = deadline {
+            self.timers.insert((at, TimerKind::Offer, id.clone()));
+        }
+        if let Some(at) = wrap_up_until {
+            self.timers.insert((at, TimerKind::WrapUp, id.clone()));
+        }
         if joins_line {
-            self.waiting.insert(waiting_after);
+            self.join_line(&id);
         }
-        if let Some(at) = deadline_before {
-            self.deadlines.remove(&(at, id.clone()));
-        }
-        if let Some(at) = deadline_after {
-            self.deadlines.insert((at, id.clone()));
-        }
-        if let Some(agent) = &agent_before {
+        for agent in holders_before.difference(&holders_after) {
             if let Some(set) = self.held.get_mut(agent) {
-                set.remove(id);
+                set.remove(&id);
                 if set.is_empty() {
                     self.held.remove(agent);
+                    if let Some(found) = self.agents.get_mut(agent) {
+                        found.idle_since = at;
+                    }
                 }
             }
         }
-        if let (Some(agent), true) = (&agent_after, holds_after) {
+        for agent in holders_after.difference(&holders_before) {
             self.held
                 .entry(agent.clone())
                 .or_default()
                 .insert(id.clone());
         }
+        if let Some(agent) = missed_by.and_then(|a| self.agents.get_mut(&a)) {
+            agent.missed_in_a_row += 1;
+        }
+        if let Some(agent) = accepted_by.and_then(|a| self.agents.get_mut(&a)) {
+            agent.missed_in_a_row = 0;
+            let day = self.settings.calendar.day_of(at);
+            agent.handled = match agent.handled {
+                (d, n) if d == day => (d, n + 1),
+                _ => (day, 1),
+            };
+        }
+        let touched: BTreeSet<AgentId> = holders_before.union(&holders_after).cloned().collect();
+        for agent in &touched {
+            self.refile(agent);
+        }
+        match event {
+            // About one agent's offer: for that agent only, also while a ring_all queue rings
+            // several at once.
+            Event::InteractionOffered { agent, .. }
+            | Event::OfferRevoked { agent, .. }
+            | Event::InteractionRejected { agent, .. }
+            | Event::InteractionAccepted { agent, .. } => vec![agent.clone()],
+            _ => touched.into_iter().collect(),
+        }
+    }
 
-        let mut recipients: Vec<AgentId> = agent_before.into_iter().collect();
-        if let Some(agent) = agent_after {
-            if !recipients.contains(&agent) {
-                recipients.push(agent);
+    /// Feeds the queue statistics from an event just applied to interaction `id`.
+    fn record_stats(
+        &mut self,
+        event: &Event,
+        id: &InteractionId,
+        at: Timestamp,
+        overflowed_from: Option<&QueueName>,
+    ) {
+        let interaction = &self.interactions[id];
+        let Target::Queue(queue) = &interaction.current_target else {
+            return;
+        };
+        let waited_ms = interaction
+            .entered_queue_at
+            .map_or(0, |entered| (at.millis() - entered.millis()).max(0) as u64);
+        match event {
+            Event::InteractionQueued {
+                requeued: false, ..
+            } => {
+                if let Some(previous) = overflowed_from {
+                    self.stats.record_overflowed(previous, at);
+                }
+                self.stats.record_entered(queue, at);
+            }
+            Event::InteractionAccepted { .. } => self.stats.record_answered(queue, at, waited_ms),
+            Event::InteractionAbandoned { .. } => self.stats.record_abandoned(queue, at, waited_ms),
+            Event::InteractionTimedOut { .. } => self.stats.record_timed_out(queue, at),
+            _ => {}
+        }
+    }
+
+    fn join_line(&mut self, id: &InteractionId) {
+        let interaction = &self.interactions[id];
+        let line = Self::line_key(interaction);
+        let key = (
+            Reverse(interaction.spec.priority),
+            interaction.waiting_since,
+            interaction.waiting_order,
+        );
+        self.lines
+            .entry(line.clone())
+            .or_default()
+            .insert(key, id.clone());
+        self.line_of.insert(id.clone(), (line, key));
+        self.set_wait_timers(id);
+    }
+
+    fn leave_line(&mut self, id: &InteractionId) {
+        if let Some((line, key)) = self.line_of.remove(id) {
+            if let Some(entries) = self.lines.get_mut(&line) {
+                entries.remove(&key);
+                if entries.is_empty() {
+                    self.lines.remove(&line);
+                }
+            }
+            self.clear_wait_timers(id);
+        }
+    }
+
+    /// The wake-ups of a caller waiting in a queue: each step's relaxation and `max_wait_s`.
+    fn set_wait_timers(&mut self, id: &InteractionId) {
+        let interaction = &self.interactions[id];
+        let Target::Queue(queue) = &interaction.current_target else {
+            return;
+        };
+        let Some(index) = self.queues.get(queue) else {
+            return;
+        };
+        let since = interaction.waiting_since;
+        let escalations: Vec<Timestamp> = index
+            .config
+            .steps
+            .iter()
+            .map(|step| since.plus_seconds(step.after_s))
+            .collect();
+        let entered = interaction.entered_queue_at.unwrap_or(since);
+        let max_wait_at = index.config.max_wait_s.map(|s| entered.plus_seconds(s));
+        for at in &escalations {
+            self.escalations.insert((*at, id.clone()));
+        }
+        if let Some(at) = max_wait_at {
+            self.timers.insert((at, TimerKind::MaxWait, id.clone()));
+        }
+        let interaction = self.interactions.get_mut(id).expect("exists");
+        interaction.escalations = escalations;
+        interaction.max_wait_at = max_wait_at;
+    }
+
+    fn clear_wait_timers(&mut self, id: &InteractionId) {
+        let Some(interaction) = self.interactions.get_mut(id) else {
+            return;
+        };
+        for at in interaction.escalations.drain(..) {
+            self.escalations.remove(&(at, id.clone()));
+        }
+        if let Some(at) = interaction.max_wait_at.take() {
+            self.timers.remove(&(at, TimerKind::MaxWait, id.clone()));
+        }
+    }
+
+    /// Re-files the agent's eligibility in every queue after its skills changed.
+    fn refile_skills(&mut self, agent_id: &AgentId) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let mut serves = BTreeSet::new();
+        for (name, index) in self.queues.iter_mut() {
+            if index.set_skills(agent) {
+                serves.insert(name.clone());
             }
         }
-        recipients
+        self.memberships.insert(agent_id.clone(), serves);
+        self.refile(agent_id);
+    }
+
+    /// Re-files the agent in the routable sets of the queues it serves, under its current key.
+    fn refile(&mut self, agent_id: &AgentId) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let routable = self.is_routable(agent);
+        let Some(queues) = self.memberships.get(agent_id) else {
+            return;
+        };
+        for name in queues {
+            if let Some(index) = self.queues.get_mut(name) {
+                index.set_routable(agent, routable, self.today);
+            }
+        }
     }
 }
 
-fn waiting_key(interaction: &Interaction) -> WaitingKey {
-    (
-        Reverse(interaction.spec.priority),
-        interaction.waiting_since,
-        interaction.waiting_order,
-        interaction.spec.id.clone(),
-    )
+/// The agents holding an interaction: those it is offered to, or its agent once accepted.
+fn holders(interaction: &Interaction) -> BTreeSet<AgentId> {
+    match interaction.state {
+        InteractionState::Offered => interaction.offered_to.clone(),
+        InteractionState::Accepted | InteractionState::WrapUp => {
+            interaction.agent.iter().cloned().collect()
+        }
+        _ => BTreeSet::new(),
+    }
+}
+
+fn single(agents: &BTreeSet<AgentId>) -> Option<AgentId> {
+    (agents.len() == 1)
+        .then(|| agents.first().cloned())
+        .flatten()
+}
+
+fn idle_seconds(agent: &Agent, now: Timestamp) -> i64 {
+    (now.millis() - agent.idle_since.millis()).max(0) / 1000
 }
 
 /// A new target other than the current one uses up the pending fallback.

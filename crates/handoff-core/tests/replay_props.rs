@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use handoff_core::{
-    Activity, Agent, AgentId, AgentProfile, Command, Event, Interaction, InteractionId,
+    Activity, Agent, AgentId, AgentProfile, Capacity, Command, Event, Interaction, InteractionId,
     InteractionSpec, InteractionState, PresenceSource, PresenceStatus, Settings, State, Target,
     Timestamp,
 };
@@ -35,7 +35,7 @@ fn profile(index: usize, capacity: u32, renamed: bool) -> AgentProfile {
         },
         address: Some(format!("sip:{id}@pbx.example.com")),
         skills: BTreeMap::new(),
-        capacity,
+        capacity: Capacity::Total(capacity),
         id,
     }
 }
@@ -122,12 +122,28 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn settings() -> impl Strategy<Value = Settings> {
-    (prop_oneof![Just(0u64), Just(1), Just(20)], any::<bool>()).prop_map(
-        |(offer_timeout_s, offline_on_disconnect)| Settings {
-            offer_timeout_s,
-            offline_on_disconnect,
-        },
+    (
+        prop_oneof![Just(0u64), Just(1), Just(20)],
+        any::<bool>(),
+        // 0 turns "away after missed offers" off; 2 is the default.
+        prop_oneof![Just(0u32), Just(1), Just(2), Just(2)],
     )
+        .prop_map(
+            |(offer_timeout_s, offline_on_disconnect, max_missed_offers)| Settings {
+                offer_timeout_s,
+                offline_on_disconnect,
+                max_missed_offers,
+                ..Settings::default()
+            },
+        )
+}
+
+/// The total capacity of an agent; the sequences only ever give agents a total.
+fn total_capacity(agent: &Agent) -> usize {
+    match &agent.profile.capacity {
+        Capacity::Total(total) => *total as usize,
+        Capacity::PerChannel(map) => panic!("the sequences give no per-channel capacity: {map:?}"),
+    }
 }
 
 /// Turns a generated op into a command against the current state.
@@ -311,9 +327,19 @@ fn check_invariants(state: &State) -> Result<(), TestCaseError> {
         let id = &agent.profile.id;
         let held = state.held_by(id).count();
         prop_assert!(
-            held <= agent.profile.capacity as usize,
-            "{id} holds {held} interactions with capacity {}",
+            held <= total_capacity(agent),
+            "{id} holds {held} interactions with capacity {:?}",
             agent.profile.capacity
+        );
+        let limit = state.settings().max_missed_offers;
+        prop_assert!(
+            limit == 0
+                || agent.presence.status != PresenceStatus::Available
+                || agent.missed_in_a_row < limit,
+            "{} is available after {} missed offers in a row (limit {})",
+            id,
+            agent.missed_in_a_row,
+            limit
         );
         for interaction in state.held_by(id) {
             prop_assert_eq!(
@@ -408,7 +434,7 @@ fn check_invariants(state: &State) -> Result<(), TestCaseError> {
                     target
                 );
                 let target_agent = target_agent.unwrap();
-                let free = state.held_by(target).count() < target_agent.profile.capacity as usize;
+                let free = state.held_by(target).count() < total_capacity(target_agent);
                 prop_assert!(
                     !(target_agent.presence.status == PresenceStatus::Available && free),
                     "dispatch invariant: {} waits for {}, who is available with free capacity",
@@ -449,7 +475,10 @@ fn expected_recipients(event: &Event) -> Vec<AgentId> {
         Event::InteractionCreated { .. }
         | Event::InteractionQueued { .. }
         | Event::InteractionAbandoned { .. }
-        | Event::InteractionUnanswered { .. } => vec![],
+        | Event::InteractionUnanswered { .. }
+        | Event::InteractionTimedOut { .. }
+        | Event::QueueUpserted { .. }
+        | Event::QueueDeleted { .. } => vec![],
         Event::InteractionOffered { agent, .. }
         | Event::OfferRevoked { agent, .. }
         | Event::InteractionAccepted { agent, .. }
@@ -494,7 +523,17 @@ impl Model {
                 self.route
                     .insert(id.clone(), (vec![target.clone()], fallback.clone()));
             }
-            Event::InteractionQueued { id, target, at } => {
+            Event::InteractionQueued {
+                id,
+                target,
+                at,
+                requeued,
+            } => {
+                prop_assert!(
+                    !requeued,
+                    "{} requeued although agent targets have no place to keep",
+                    id
+                );
                 self.queued.insert(id.clone(), (log_index, *at));
                 self.headed_for(id, target)?;
             }
@@ -683,10 +722,31 @@ fn run_sequence(
                             event
                         );
                         prop_assert!(
-                            shadow.held_by(agent).count() < who.profile.capacity as usize,
+                            shadow.held_by(agent).count() < total_capacity(who),
                             "offer beyond capacity: {:?}",
                             event
                         );
+                    }
+                    if let Event::PresenceChanged { agent, presence } = event {
+                        if presence.reason.as_deref() == Some("missed_offers") {
+                            // Only handoff sets it, only on a miss, and only at the limit.
+                            prop_assert!(
+                                matches!(command, Command::Reject { .. } | Command::Tick),
+                                "missed_offers after {:?}",
+                                command
+                            );
+                            prop_assert_eq!(presence.status, PresenceStatus::Away);
+                            prop_assert_eq!(presence.source, PresenceSource::System);
+                            let limit = settings.max_missed_offers;
+                            let missed = shadow.agent(agent).map_or(0, |a| a.missed_in_a_row);
+                            prop_assert!(
+                                limit > 0 && missed >= limit,
+                                "{} set away after {} misses (limit {})",
+                                agent,
+                                missed,
+                                limit
+                            );
+                        }
                     }
                     let recipients = shadow.apply(event);
                     prop_assert_eq!(

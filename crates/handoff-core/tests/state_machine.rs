@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use handoff_core::{
-    Activity, Agent, AgentId, AgentProfile, Command, CommandError, Event, Interaction,
+    Activity, Agent, AgentId, AgentProfile, Capacity, Command, CommandError, Event, Interaction,
     InteractionId, InteractionSpec, InteractionState, OfferEndReason, PresenceSource,
     PresenceStatus, QueueName, Settings, State, Target, Timestamp,
 };
@@ -17,6 +17,7 @@ fn settings() -> Settings {
     Settings {
         offer_timeout_s: OFFER_TIMEOUT_S,
         offline_on_disconnect: true,
+        ..Settings::default()
     }
 }
 
@@ -46,7 +47,7 @@ fn profile(id: &str, capacity: u32) -> AgentProfile {
         name: format!("Agent {id}"),
         address: Some(format!("sip:{id}@pbx.example.com")),
         skills: BTreeMap::new(),
-        capacity,
+        capacity: Capacity::Total(capacity),
     }
 }
 
@@ -1154,7 +1155,12 @@ fn a_fallback_agent_already_busy_with_others_waiting_queues_the_missed_caller_be
 
 #[test]
 fn the_fallback_is_used_only_once_so_a_second_missed_offer_is_unanswered() {
-    let mut state = State::new(settings());
+    // About fallbacks, not about agents who keep missing offers: those are set away after two
+    // misses by default, which this test turns off.
+    let mut state = State::new(Settings {
+        max_missed_offers: 0,
+        ..settings()
+    });
     available_agent(&mut state, "alice", 1, t(0));
     available_agent(&mut state, "bob", 1, t(0));
     create(
@@ -1198,6 +1204,181 @@ fn the_fallback_is_used_only_once_so_a_second_missed_offer_is_unanswered() {
         ["interaction.offer_revoked", "interaction.unanswered"]
     );
     expect_revoked(&out[0], "call-2", "bob", OfferEndReason::TimedOut);
+}
+
+// ----- missed offers --------------------------------------------------------------------------
+
+fn expect_away_missed_offers(event: &Event, agent: &str, now: Timestamp) {
+    match event {
+        Event::PresenceChanged {
+            agent: got,
+            presence,
+        } => {
+            assert_eq!(got, &aid(agent));
+            assert_eq!(presence.status, PresenceStatus::Away);
+            assert_eq!(presence.reason.as_deref(), Some("missed_offers"));
+            assert_eq!(presence.source, PresenceSource::System);
+            assert_eq!(presence.since, now);
+        }
+        other => panic!("expected {agent} set away for missed offers, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_available_agent_who_misses_two_offers_in_a_row_a_reject_then_a_timeout_is_set_away_missed_offers_by_system(
+) {
+    let mut state = State::new(settings());
+    assert_eq!(state.settings().max_missed_offers, 2, "the default");
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "first", to_agent("alice"), None, 0, t(10));
+    create(&mut state, "second", to_agent("alice"), None, 0, t(20));
+    create(&mut state, "third", to_agent("alice"), None, 0, t(30));
+
+    // One miss: no presence change, the next caller is offered.
+    let out = ok(&mut state, reject("first", "alice"), t(1_000));
+    assert_eq!(
+        kinds(&out),
+        [
+            "interaction.rejected",
+            "interaction.unanswered",
+            "interaction.offered"
+        ]
+    );
+    expect_offered(&out[2], "second", "alice", t(1_000));
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 1);
+
+    // The second miss in a row, by timeout: away, and the third caller is not offered.
+    let now = t(21_000);
+    let out = run(&mut state, Command::Tick, now);
+    let events: Vec<Event> = out.iter().map(|(e, _)| e.clone()).collect();
+    assert_eq!(
+        kinds(&events),
+        [
+            "interaction.offer_revoked",
+            "interaction.unanswered",
+            "agent.presence_changed"
+        ]
+    );
+    expect_revoked(&events[0], "second", "alice", OfferEndReason::TimedOut);
+    expect_away_missed_offers(&events[2], "alice", now);
+    assert_eq!(out[2].1, vec![aid("alice")]);
+    let alice = state.agent(&aid("alice")).unwrap();
+    assert_eq!(alice.presence.status, PresenceStatus::Away);
+    assert_eq!(alice.missed_in_a_row, 2);
+    assert_eq!(interaction(&state, "third").state, InteractionState::Queued);
+    assert_eq!(state.position(&iid("third")), Some(1));
+
+    // Coming back resets the count: one more miss does not send her away again.
+    let out = set_presence(&mut state, "alice", PresenceStatus::Available, t(30_000));
+    assert_eq!(
+        kinds(&out),
+        ["agent.presence_changed", "interaction.offered"]
+    );
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 0);
+    let out = ok(&mut state, reject("third", "alice"), t(31_000));
+    assert_eq!(
+        kinds(&out),
+        ["interaction.rejected", "interaction.unanswered"]
+    );
+    assert_eq!(
+        state.agent(&aid("alice")).unwrap().presence.status,
+        PresenceStatus::Available
+    );
+}
+
+#[test]
+fn an_accept_between_two_misses_resets_the_count_and_abandons_or_lost_connections_are_no_misses() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "a", to_agent("alice"), None, 0, t(10));
+    ok(&mut state, reject("a", "alice"), t(20));
+    create(&mut state, "b", to_agent("alice"), None, 0, t(30));
+    ok(&mut state, accept("b", "alice"), t(40));
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 0);
+    ok(&mut state, complete("b", "alice"), t(50));
+    create(&mut state, "c", to_agent("alice"), None, 0, t(60));
+    let out = ok(&mut state, reject("c", "alice"), t(70));
+    assert_eq!(
+        kinds(&out),
+        ["interaction.rejected", "interaction.unanswered"]
+    );
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 1);
+
+    // The caller hanging up during the offer is not alice's miss.
+    create(&mut state, "d", to_agent("alice"), None, 0, t(80));
+    let out = ok(&mut state, hangup("d"), t(90));
+    assert_eq!(
+        kinds(&out),
+        ["interaction.offer_revoked", "interaction.abandoned"]
+    );
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 1);
+    assert_eq!(
+        state.agent(&aid("alice")).unwrap().presence.status,
+        PresenceStatus::Available
+    );
+}
+
+#[test]
+fn an_agent_no_longer_available_when_its_second_miss_times_out_keeps_its_presence() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 2, t(0));
+    create(&mut state, "a", to_agent("alice"), None, 0, t(10));
+    create(&mut state, "b", to_agent("alice"), None, 0, t(10));
+    set_presence(&mut state, "alice", PresenceStatus::Busy, t(20));
+    let out = ok(&mut state, Command::Tick, t(20_010));
+    assert_eq!(
+        kinds(&out),
+        [
+            "interaction.offer_revoked",
+            "interaction.unanswered",
+            "interaction.offer_revoked",
+            "interaction.unanswered"
+        ]
+    );
+    let alice = state.agent(&aid("alice")).unwrap();
+    assert_eq!(alice.presence.status, PresenceStatus::Busy);
+    assert_eq!(alice.presence.reason, None);
+    assert_eq!(alice.missed_in_a_row, 2);
+}
+
+#[test]
+fn max_missed_offers_zero_never_sets_an_agent_away_and_one_does_so_after_a_single_miss() {
+    let mut state = State::new(Settings {
+        max_missed_offers: 0,
+        ..settings()
+    });
+    available_agent(&mut state, "alice", 1, t(0));
+    for (n, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let at = 100 * n as i64;
+        create(&mut state, id, to_agent("alice"), None, 0, t(at));
+        let out = ok(&mut state, reject(id, "alice"), t(at + 50));
+        assert_eq!(
+            kinds(&out),
+            ["interaction.rejected", "interaction.unanswered"]
+        );
+    }
+    assert_eq!(state.agent(&aid("alice")).unwrap().missed_in_a_row, 4);
+    assert_eq!(
+        state.agent(&aid("alice")).unwrap().presence.status,
+        PresenceStatus::Available
+    );
+
+    let mut state = State::new(Settings {
+        max_missed_offers: 1,
+        ..settings()
+    });
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "a", to_agent("alice"), None, 0, t(10));
+    let out = ok(&mut state, reject("a", "alice"), t(20));
+    assert_eq!(
+        kinds(&out),
+        [
+            "interaction.rejected",
+            "interaction.unanswered",
+            "agent.presence_changed"
+        ]
+    );
+    expect_away_missed_offers(&out[2], "alice", t(20));
 }
 
 // ----- timers --------------------------------------------------------------------------------
@@ -1469,7 +1650,9 @@ fn hangup_of_an_accepted_interaction_ends_it_into_wrap_up_then_complete_complete
             disposition,
             notes,
             at,
+            wrap_up_expired,
         } => {
+            assert!(!wrap_up_expired, "completed by the agent");
             assert_eq!(id, &iid("call-1"));
             assert_eq!(agent, &aid("alice"));
             assert_eq!(disposition.as_deref(), Some("resolved"));
@@ -1852,6 +2035,7 @@ fn connection_lost_with_offline_on_disconnect_disabled_changes_nothing() {
     let mut state = State::new(Settings {
         offer_timeout_s: OFFER_TIMEOUT_S,
         offline_on_disconnect: false,
+        ..Settings::default()
     });
     available_agent(&mut state, "alice", 1, t(0));
     create(&mut state, "a", to_agent("alice"), None, 0, t(10));

@@ -86,8 +86,26 @@ pub struct PutAgentRequest {
     pub address: Option<String>,
     #[serde(default)]
     pub skills: BTreeMap<String, i64>,
+    /// A number (all channels together, default 1) or a map per channel, e.g.
+    /// `{"voice": 1, "chat": 3}`.
     #[serde(default)]
-    pub capacity: Option<i64>,
+    pub capacity: Option<Capacity>,
+}
+
+/// How many interactions an agent holds at once: a number for all channels together, or a
+/// number per channel (a channel not named gets none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(untagged)]
+pub enum Capacity {
+    Total(i64),
+    PerChannel(BTreeMap<String, i64>),
+}
+
+impl From<i64> for Capacity {
+    fn from(total: i64) -> Capacity {
+        Capacity::Total(total)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +126,8 @@ pub struct AgentView {
     pub name: String,
     pub address: Option<String>,
     pub skills: BTreeMap<String, i64>,
-    pub capacity: i64,
+    /// As set: a number, or a map per channel.
+    pub capacity: Capacity,
     pub presence: PresenceView,
     /// `idle`, `offered`, `engaged` or `wrap_up`.
     pub activity: String,
@@ -175,7 +194,12 @@ pub struct InteractionView {
     pub target: Target,
     pub fallback: Option<Target>,
     pub agent: Option<AgentRef>,
+    /// 1-based place among the callers waiting for the same target and channel; null unless queued.
     pub position: Option<u64>,
+    /// While queued in a queue: a rough wait, the queue's average speed of answer today times
+    /// `position`; null without a caller answered there today.
+    #[serde(default)]
+    pub estimated_wait_s: Option<u64>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Value,
     pub caller: Option<String>,
@@ -223,6 +247,171 @@ pub struct TransferRequest {
     pub note: Option<String>,
     #[serde(default)]
     pub fallback: Option<Target>,
+}
+
+// ----- queues -------------------------------------------------------------------------------
+
+/// How a queue chooses among the agents that could take a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The agent idle the longest (default).
+    LongestIdle,
+    /// The agent offered a caller least recently.
+    RoundRobin,
+    /// The agent who handled the fewest interactions today, then the longest idle.
+    LeastOccupied,
+    /// The highest summed level of the queue's skills, then the longest idle.
+    MostSkilled,
+    /// Every eligible agent at once; the first accept wins, the other offers are revoked.
+    RingAll,
+}
+
+/// A queue named as the place a caller goes: `{"queue": "general"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QueueRef {
+    pub queue: String,
+}
+
+/// After a caller has waited `after_s`, the queue asks only for `skills`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct EscalationStep {
+    pub after_s: i64,
+    #[serde(default)]
+    pub skills: BTreeMap<String, i64>,
+}
+
+/// `PUT /v1/queues/{name}`: the whole queue, every field optional with its default. Unknown
+/// keys are refused, since a misspelt setting would otherwise be silently left at its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PutQueueRequest {
+    /// Optional; when given, it must equal the name in the path (a GET's body can be PUT back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What an agent needs: every skill at least at the level named (0..=10). Default `{}`.
+    #[serde(default)]
+    pub skills: BTreeMap<String, i64>,
+    /// Default `longest_idle`.
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    /// How long an offer stays open. Default 20.
+    #[serde(default)]
+    pub offer_timeout_s: Option<i64>,
+    /// The longest wrap-up after a hangup before the agent is routable again. Default 10.
+    #[serde(default)]
+    pub wrap_up_s: Option<i64>,
+    /// After this long waiting the caller goes to `overflow`, or ends `timed_out`. Default none.
+    #[serde(default)]
+    pub max_wait_s: Option<i64>,
+    /// Where callers go after `max_wait_s`. Default none.
+    #[serde(default)]
+    pub overflow: Option<QueueRef>,
+    /// Answered within this many seconds counts towards the service level. Default 20.
+    #[serde(default)]
+    pub service_level_s: Option<i64>,
+    /// Relaxations of `skills` as the caller waits, by increasing `after_s`. Default `[]`.
+    #[serde(default)]
+    pub steps: Vec<EscalationStep>,
+}
+
+/// A queue as returned, with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueView {
+    pub name: String,
+    pub skills: BTreeMap<String, i64>,
+    pub strategy: Strategy,
+    pub offer_timeout_s: i64,
+    pub wrap_up_s: i64,
+    pub max_wait_s: Option<i64>,
+    pub overflow: Option<QueueRef>,
+    pub service_level_s: i64,
+    pub steps: Vec<EscalationStep>,
+}
+
+impl From<QueueView> for PutQueueRequest {
+    fn from(view: QueueView) -> PutQueueRequest {
+        PutQueueRequest {
+            name: Some(view.name),
+            skills: view.skills,
+            strategy: Some(view.strategy),
+            offer_timeout_s: Some(view.offer_timeout_s),
+            wrap_up_s: Some(view.wrap_up_s),
+            max_wait_s: view.max_wait_s,
+            overflow: view.overflow,
+            service_level_s: Some(view.service_level_s),
+            steps: view.steps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueList {
+    pub queues: Vec<QueueView>,
+}
+
+/// The queue's agents (those meeting some level of its requirement) by presence and by activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AgentCounts {
+    pub available: u64,
+    pub away: u64,
+    pub busy: u64,
+    pub offline: u64,
+    pub idle: u64,
+    pub offered: u64,
+    pub engaged: u64,
+    pub wrap_up: u64,
+}
+
+/// What happened to a queue's callers over one window, each count by the time of its own event.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StatsWindow {
+    /// Callers that entered the queue.
+    pub offered: u64,
+    /// Callers an agent accepted.
+    pub answered: u64,
+    /// Callers who hung up while waiting or while offered.
+    pub abandoned: u64,
+    /// Callers whose `max_wait_s` passed with no overflow.
+    pub timed_out: u64,
+    /// Callers sent to the overflow queue.
+    pub overflowed: u64,
+    /// Average speed of answer: the mean wait of the answered callers, in seconds; 0 without any.
+    pub asa_s: f64,
+    /// Answered within `service_level_s` / (answered + abandoned), 0..1; 1 when neither happened.
+    pub service_level: f64,
+    /// Abandoned / (answered + abandoned), 0..1; 0 when neither happened.
+    pub abandon_rate: f64,
+}
+
+/// `GET /v1/queues/{name}/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueStats {
+    pub queue: String,
+    /// Callers in line now (offered ones are not counted: they are with an agent).
+    pub waiting: u64,
+    /// How long the longest-waiting caller in line has been in the queue, in whole seconds.
+    pub longest_wait_s: u64,
+    pub agents: AgentCounts,
+    /// `(now - 15 min, now]`.
+    pub last_15m: StatsWindow,
+    /// From midnight in the configured `timezone` to now.
+    pub today: StatsWindow,
+    /// The threshold the service level is computed with.
+    pub service_level_s: i64,
+    /// When "today" began, RFC 3339 UTC.
+    pub day_start: String,
 }
 
 // ----- events -------------------------------------------------------------------------------

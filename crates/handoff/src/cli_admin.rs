@@ -182,7 +182,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 name,
                 address,
                 skills: skills.into_iter().collect::<BTreeMap<_, _>>(),
-                capacity,
+                capacity: capacity.map(handoff_protocol::Capacity::Total),
             };
             print_json(&client.put_agent(&id, &request).await?)
         }

@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use handoff_api::calendar::Zone;
+use handoff_core::{QueueConfig, QueueName};
+use handoff_protocol::PutQueueRequest;
 use serde::Deserialize;
 
 /// Every setting, with the contract's defaults. Each is a TOML key and `HANDOFF_<KEY>`.
@@ -25,7 +28,10 @@ pub struct Config {
     pub presence_grace_s: u64,
     /// Whether a lost connection sets the agent offline and revokes its offers.
     pub offline_on_disconnect: bool,
-    /// The time zone of "today" in statistics.
+    /// Misses in a row (rejected or timed-out offers) after which an agent is set `away`
+    /// with reason `missed_offers`; 0 never does.
+    pub max_missed_offers: u32,
+    /// The IANA time zone of "today" in statistics and in `least_occupied`, e.g. `Europe/Paris`.
     pub timezone: String,
     /// Browser origins allowed beside the server's own.
     pub allowed_origins: Vec<String>,
@@ -35,6 +41,10 @@ pub struct Config {
     pub ping_interval_s: u64,
     /// Log filter, e.g. `info` or `handoff_api=debug,info`.
     pub log: String,
+    /// Queues declared in the file (`[[queues]]` tables: `name` and the fields of
+    /// `PUT /v1/queues/{name}`). They are put at every start, after recovery, so the file wins
+    /// over an edit made through the API. File only: no environment variable.
+    pub queues: Vec<PutQueueRequest>,
 }
 
 impl Default for Config {
@@ -47,11 +57,13 @@ impl Default for Config {
             offer_timeout_s: 20,
             presence_grace_s: 30,
             offline_on_disconnect: true,
+            max_missed_offers: 2,
             timezone: "UTC".to_owned(),
             allowed_origins: Vec::new(),
             egress_allow: Vec::new(),
             ping_interval_s: 15,
             log: "info".to_owned(),
+            queues: Vec::new(),
         }
     }
 }
@@ -146,6 +158,9 @@ impl Config {
         if let Some(v) = get(env, "offline_on_disconnect") {
             self.offline_on_disconnect = boolean("offline_on_disconnect", v)?;
         }
+        if let Some(v) = get(env, "max_missed_offers") {
+            self.max_missed_offers = number("max_missed_offers", v)?;
+        }
         if let Some(v) = get(env, "timezone") {
             self.timezone = v.to_owned();
         }
@@ -180,13 +195,8 @@ impl Config {
         if self.ping_interval_s == 0 {
             bail!("ping_interval_s must be at least 1");
         }
-        if self.timezone != "UTC" {
-            // Statistics by time zone arrive with queues; refuse what would be ignored.
-            bail!(
-                "timezone: only \"UTC\" is supported so far, not {:?}",
-                self.timezone
-            );
-        }
+        self.zone()?;
+        self.queue_configs()?;
         self.listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| {
@@ -196,6 +206,48 @@ impl Config {
                 )
             })?;
         Ok(())
+    }
+}
+
+impl Config {
+    /// The configured time zone.
+    pub fn zone(&self) -> anyhow::Result<Zone> {
+        Zone::named(&self.timezone).map_err(|error| anyhow::anyhow!("timezone: {error}"))
+    }
+
+    /// The `[[queues]]` tables as the core's queues, checked by the API's rules, in an order
+    /// that puts every queue after the one it overflows to when that one is in the file too.
+    pub fn queue_configs(&self) -> anyhow::Result<Vec<QueueConfig>> {
+        let mut configs: Vec<QueueConfig> = Vec::new();
+        for (index, table) in self.queues.iter().enumerate() {
+            let Some(name) = table.name.as_deref() else {
+                bail!("queues[{index}]: a queue needs a name");
+            };
+            let parsed = QueueName::parse(name)
+                .map_err(|error| anyhow::anyhow!("queues[{index}].name: {name:?}: {error}"))?;
+            if configs.iter().any(|c| c.name == parsed) {
+                bail!("queues[{index}].name: {name:?} is declared twice");
+            }
+            let config = handoff_api::wire::queue_config_from_wire(parsed, table, true)
+                .map_err(|error| anyhow::anyhow!("queues[{index}] ({name}): {}", error.message))?;
+            configs.push(config);
+        }
+        let mut ordered: Vec<QueueConfig> = Vec::with_capacity(configs.len());
+        while !configs.is_empty() {
+            // A queue is ready once its overflow is not waiting to be put before it; a cycle
+            // (a -> b -> a) leaves none ready, and then the first goes anyway: the server
+            // creates it without its overflow first (see `serve`).
+            let ready = configs
+                .iter()
+                .position(|c| {
+                    c.overflow
+                        .as_ref()
+                        .is_none_or(|overflow| !configs.iter().any(|o| &o.name == overflow))
+                })
+                .unwrap_or(0);
+            ordered.push(configs.remove(ready));
+        }
+        Ok(ordered)
     }
 }
 
@@ -281,5 +333,138 @@ mod tests {
         std::fs::write(&file, "listen_on = \"x\"\n").unwrap();
         let error = Config::load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(format!("{error:#}").contains("listen_on"), "{error:#}");
+    }
+
+    #[test]
+    fn timezone_takes_any_iana_name_and_names_itself_when_unknown() {
+        let config = Config::load(
+            None,
+            &env(&[("HANDOFF_TIMEZONE", "America/New_York")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.zone().unwrap().name(), "America/New_York");
+        let error = Config::load(
+            None,
+            &env(&[("HANDOFF_TIMEZONE", "Mars/Olympus_Mons")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("timezone") && text.contains("Mars/Olympus_Mons"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn max_missed_offers_defaults_to_two() {
+        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.max_missed_offers, 2);
+        let config = Config::load(
+            None,
+            &env(&[("HANDOFF_MAX_MISSED_OFFERS", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.max_missed_offers, 0);
+    }
+
+    fn load_file(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("handoff.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load(Some(&file), &env(&[]), &Overrides::default())
+    }
+
+    #[test]
+    fn queues_are_declared_as_tables_with_the_fields_of_put() {
+        let config = load_file(
+            r#"
+timezone = "Europe/Paris"
+
+[[queues]]
+name = "billing"
+skills = { billing = 3 }
+strategy = "most_skilled"
+offer_timeout_s = 15
+max_wait_s = 300
+overflow = { queue = "general" }
+service_level_s = 30
+
+[[queues.steps]]
+after_s = 60
+skills = { billing = 1 }
+
+[[queues]]
+name = "general"
+"#,
+        )
+        .unwrap();
+        let queues = config.queue_configs().unwrap();
+        // The overflow queue comes first, so that it exists when billing is put.
+        let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["general", "billing"]);
+        let billing = &queues[1];
+        assert_eq!(billing.strategy, handoff_core::Strategy::MostSkilled);
+        assert_eq!(billing.offer_timeout_s, 15);
+        assert_eq!(billing.wrap_up_s, 10, "an absent field takes its default");
+        assert_eq!(billing.max_wait_s, Some(300));
+        assert_eq!(
+            billing.overflow.as_ref().map(|q| q.as_str()),
+            Some("general")
+        );
+        assert_eq!(billing.steps.len(), 1);
+        assert_eq!(
+            queues[0],
+            QueueConfig::new(QueueName::parse("general").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bad_queue_names_the_queue_and_the_field() {
+        for (text, expected) in [
+            (
+                "[[queues]]\nskills = {}\n",
+                "queues[0]: a queue needs a name",
+            ),
+            ("[[queues]]\nname = \"a b\"\n", "queues[0].name"),
+            (
+                "[[queues]]\nname = \"billing\"\nskills = { billing = 11 }\n",
+                "skills.billing",
+            ),
+            (
+                "[[queues]]\nname = \"billing\"\noverflow = { queue = \"billing\" }\n",
+                "overflow.queue",
+            ),
+            (
+                "[[queues]]\nname = \"a\"\n[[queues]]\nname = \"a\"\n",
+                "declared twice",
+            ),
+            // A misspelt key would otherwise leave its setting at the default unnoticed.
+            (
+                "[[queues]]\nname = \"billing\"\nmax_wait = 60\n",
+                "max_wait",
+            ),
+        ] {
+            let error = format!("{:#}", load_file(text).unwrap_err());
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn overflow_cycles_still_give_every_queue_once() {
+        let config = load_file(
+            "[[queues]]\nname = \"a\"\nmax_wait_s = 5\noverflow = { queue = \"b\" }\n\
+             [[queues]]\nname = \"b\"\nmax_wait_s = 5\noverflow = { queue = \"a\" }\n",
+        )
+        .unwrap();
+        let names: Vec<String> = config
+            .queue_configs()
+            .unwrap()
+            .iter()
+            .map(|q| q.name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 }

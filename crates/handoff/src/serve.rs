@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use handoff_api::{ApiSettings, Running};
+use handoff_core::{Command, QueueConfig};
 use handoff_store::{Durability, KeyRecord, StoreEngine};
 
 use crate::config::Config;
@@ -22,20 +24,26 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
     })
     .await
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let zone = config.zone()?;
+    let queues = config.queue_configs()?;
     let settings = ApiSettings {
         max_context_bytes: config.max_context_bytes,
         max_body_bytes: config.max_context_bytes + 65536,
         presence_grace: Duration::from_secs(config.presence_grace_s),
         ping_interval: Duration::from_secs(config.ping_interval_s),
         allowed_origins: config.allowed_origins.clone(),
+        timezone: zone.clone(),
         core: handoff_core::Settings {
             offer_timeout_s: config.offer_timeout_s,
             offline_on_disconnect: config.offline_on_disconnect,
+            max_missed_offers: config.max_missed_offers,
+            calendar: Arc::new(zone),
         },
     };
     let running = Running::start(store, settings)
         .await
         .context("recovery from the log failed")?;
+    put_configured_queues(&running, queues).await?;
     ensure_admin_key(&running, &config.data_dir, env.get("HANDOFF_ADMIN_TOKEN")).await?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -65,6 +73,57 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
     }
     running.shutdown().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Puts the queues of the configuration file, after recovery and before serving: a queue in
+/// the file is put at every start, so the file wins over an edit made through the API since.
+/// An unchanged queue writes nothing. `queues` comes ordered so that an overflow queue of the
+/// file is put before the queues that overflow to it; in a cycle, a queue whose overflow does
+/// not exist yet is created without it first and completed once the others exist.
+async fn put_configured_queues(running: &Running, queues: Vec<QueueConfig>) -> anyhow::Result<()> {
+    let engine = &running.state.engine;
+    let put = |config: QueueConfig| async move {
+        let name = config.name.clone();
+        engine
+            .execute(Command::UpsertQueue { config })
+            .await
+            .map(|_| ())
+            .with_context(|| format!("cannot put the queue {name} of the configuration file"))
+    };
+    let mut deferred = Vec::new();
+    for config in &queues {
+        let (exists, overflow_missing) = {
+            let state = running.state.shared.state();
+            let missing = config
+                .overflow
+                .as_ref()
+                .is_some_and(|overflow| state.queue(overflow).is_none());
+            (state.queue(&config.name).is_some(), missing)
+        };
+        let overflow_in_file = queues
+            .iter()
+            .any(|other| Some(&other.name) == config.overflow.as_ref());
+        if overflow_missing && overflow_in_file {
+            if !exists {
+                let mut first = config.clone();
+                first.overflow = None;
+                put(first).await?;
+            }
+            deferred.push(config.clone());
+            continue;
+        }
+        put(config.clone()).await?;
+    }
+    for config in deferred {
+        put(config).await?;
+    }
+    if !queues.is_empty() {
+        tracing::info!(
+            queues = queues.len(),
+            "queues of the configuration file are in place"
+        );
+    }
     Ok(())
 }
 

@@ -1,20 +1,18 @@
 //! Agents: profiles (admin), reads (admin, supervisor, IVR, the agent itself) and presence.
 
-use std::collections::BTreeMap;
-
 use axum::extract::{Request, State};
 
 use super::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
-use handoff_core::{AgentId, AgentProfile, Command, PresenceSource, PresenceStatus, SkillLevel};
+use handoff_core::{AgentId, AgentProfile, Command, PresenceSource, PresenceStatus};
 use handoff_protocol::{AgentList, AgentView, PutAgentRequest, PutPresenceRequest};
 use serde::Deserialize;
 
 use super::{agent_id, engine_error, json_response, read_json};
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
-use crate::wire::agent_view;
+use crate::wire::{agent_view, capacity_from_wire, skills_from_wire};
 use crate::AppState;
 
 /// The agent as the API shows it, from the committed state.
@@ -51,7 +49,7 @@ fn view_or_404(state: &AppState, agent: &AgentId) -> Result<AgentView, ApiError>
         (status = 403, description = "Not an admin", body = handoff_protocol::ErrorBody),
         (status = 413, description = "Body or context too large", body = handoff_protocol::ErrorBody),
         (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
-        (status = 422, description = "Invalid id, name, skill level (0..=10) or capacity", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid id, name, skill level (0..=10) or capacity (1..=1000, in total or per channel)", body = handoff_protocol::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -87,35 +85,19 @@ fn profile_from(id: AgentId, body: PutAgentRequest) -> Result<AgentProfile, ApiE
                 .with_field("name"),
         );
     }
-    let mut skills = BTreeMap::new();
-    for (skill, level) in body.skills {
-        if skill.is_empty() || skill.len() > 64 {
-            return Err(ApiError::unprocessable(
-                "invalid_skill",
-                "skills: a skill name must be 1 to 64 characters",
-            )
-            .with_field("skills"));
-        }
-        let level = SkillLevel::parse(level).map_err(|error| {
-            ApiError::unprocessable("invalid_skill_level", format!("skills.{skill}: {error}"))
-                .with_field(format!("skills.{skill}"))
-        })?;
-        skills.insert(skill, level);
-    }
-    let capacity = body.capacity.unwrap_or(1);
-    if !(1..=1000).contains(&capacity) {
-        return Err(ApiError::unprocessable(
-            "invalid_capacity",
-            "capacity: must be an integer from 1 to 1000",
-        )
-        .with_field("capacity"));
-    }
+    let skills = skills_from_wire(&body.skills, "skills")?;
+    let capacity = capacity_from_wire(
+        body.capacity
+            .as_ref()
+            .unwrap_or(&handoff_protocol::Capacity::Total(1)),
+        true,
+    )?;
     Ok(AgentProfile {
         id,
         name,
         address: body.address,
         skills,
-        capacity: capacity as u32,
+        capacity,
     })
 }
 

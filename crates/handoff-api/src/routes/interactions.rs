@@ -1,5 +1,6 @@
 //! Interactions: the IVR's hand-off, the agent's actions on it, and reads of it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -8,7 +9,8 @@ use super::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use handoff_core::{
-    Command, Interaction, InteractionId, InteractionSpec, InteractionState, Target,
+    Command, CommandError, Interaction, InteractionId, InteractionSpec, InteractionState,
+    QueueName, Target,
 };
 use handoff_protocol::{
     CloudEvent, CompleteRequest, CreateInteractionRequest, InteractionList, InteractionView,
@@ -19,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{engine_error, interaction_id, json_response, read_empty, read_json};
 use crate::auth::{generate_id, Principal, Role};
-use crate::engine::Idempotency;
+use crate::engine::{EngineError, Idempotency};
 use crate::error::ApiError;
 use crate::wire::{canonical_json, interaction_view, now, target_from_wire};
 use crate::AppState;
@@ -28,16 +30,56 @@ use crate::AppState;
 fn view(state: &AppState, id: &InteractionId) -> Option<InteractionView> {
     let committed = state.shared.state();
     let interaction = committed.interaction(id)?;
-    let address = interaction
-        .agent
-        .as_ref()
-        .and_then(|agent| committed.agent(agent))
-        .and_then(|agent| agent.profile.address.clone());
-    Some(interaction_view(
-        interaction,
-        committed.position(id),
-        address,
-    ))
+    Some(Viewer::new(state, &committed).view(interaction))
+}
+
+/// Builds views against one reading of the committed state, computing each queue's speed of
+/// answer at most once however many of its callers are listed.
+struct Viewer<'a> {
+    committed: &'a handoff_core::State,
+    now: handoff_core::Timestamp,
+    day_start: handoff_core::Timestamp,
+    asa_today: HashMap<QueueName, Option<f64>>,
+}
+
+impl<'a> Viewer<'a> {
+    fn new(state: &AppState, committed: &'a handoff_core::State) -> Viewer<'a> {
+        let now = now();
+        Viewer {
+            committed,
+            now,
+            day_start: state.settings.day_start(now),
+            asa_today: HashMap::new(),
+        }
+    }
+
+    fn view(&mut self, interaction: &Interaction) -> InteractionView {
+        let committed = self.committed;
+        let address = interaction
+            .agent
+            .as_ref()
+            .and_then(|agent| committed.agent(agent))
+            .and_then(|agent| agent.profile.address.clone());
+        let position = committed.position(interaction.id());
+        let estimate = match (&interaction.current_target, position) {
+            (Target::Queue(queue), Some(position)) => self.estimated_wait_s(queue, position),
+            _ => None,
+        };
+        interaction_view(interaction, position, estimate, address)
+    }
+
+    /// A deliberately simple estimate: the average speed of answer of the queue's callers
+    /// answered today, times the caller's position; none before anyone was answered today.
+    /// It ignores how many agents serve the queue and how long calls last, so it is a hint for
+    /// an IVR prompt ("about two minutes"), not a promise.
+    fn estimated_wait_s(&mut self, queue: &QueueName, position: usize) -> Option<u64> {
+        let (committed, now, day_start) = (self.committed, self.now, self.day_start);
+        let asa = *self.asa_today.entry(queue.clone()).or_insert_with(|| {
+            let today = committed.queue_stats(queue, now, day_start).today;
+            (today.answered > 0).then_some(today.asa_s)
+        });
+        asa.map(|asa_s| (asa_s * position as f64).round() as u64)
+    }
 }
 
 fn unknown(id: &InteractionId) -> ApiError {
@@ -72,7 +114,7 @@ fn readable(
     ),
     request_body(content = handoff_protocol::CreateInteractionRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created: `offered` with the agent to transfer to, or `queued` with a position", body = handoff_protocol::InteractionView),
+        (status = 201, description = "Created: `offered` with the agent to transfer to, or `queued` with `position` and `estimated_wait_s` (the queue's average speed of answer today times the position; null before anyone was answered there today)", body = handoff_protocol::InteractionView),
         (status = 200, description = "An earlier request with the same Idempotency-Key and an equal body: the same interaction", body = handoff_protocol::InteractionView),
         (status = 400, description = "Not JSON, invalid UTF-8, not the schema, or a bad Idempotency-Key", body = handoff_protocol::ErrorBody),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
@@ -172,21 +214,24 @@ pub async fn create(
         .execute_with(Command::CreateInteraction { spec }, idempotency)
         .await
         .map_err(|error| {
-            let mut error = engine_error(error);
-            // The core names the agent that is unknown; say which field held it.
-            if let (Some(Target::Agent(fallback_agent)), Some("target.agent")) =
-                (&fallback, error.field.as_deref())
-            {
-                if error.message.contains(&format!(" {fallback_agent} "))
-                    && target != Target::Agent(fallback_agent.clone())
-                {
-                    error.field = Some("fallback.agent".to_owned());
+            // The core names the target it does not know; say whether the body held it in
+            // `target` or in `fallback`.
+            let missing = match &error {
+                EngineError::Refused(CommandError::UnknownTargetAgent(agent)) => {
+                    Some(Target::Agent(agent.clone()))
                 }
-            }
-            if let (Some(Target::Queue(_)), Some("target.queue"), Target::Agent(_)) =
-                (&fallback, error.field.as_deref(), &target)
+                EngineError::Refused(CommandError::UnknownTargetQueue(queue)) => {
+                    QueueName::parse(queue).ok().map(Target::Queue)
+                }
+                _ => None,
+            };
+            let mut error = engine_error(error);
+            if let Some(missing) = missing.filter(|m| *m != target && fallback.as_ref() == Some(m))
             {
-                error.field = Some("fallback.queue".to_owned());
+                error.field = Some(match missing {
+                    Target::Agent(_) => "fallback.agent".to_owned(),
+                    Target::Queue(_) => "fallback.queue".to_owned(),
+                });
             }
             error
         })?;
@@ -337,7 +382,7 @@ pub struct ListQuery {
     params(
         ("state" = Option<String>, Query, description = "Only interactions in this state"),
         ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held"),
-        ("queue" = Option<String>, Query, description = "Only interactions targeting this queue"),
+        ("queue" = Option<String>, Query, description = "Only interactions created for this queue or headed to it now (after an overflow or a transfer)"),
         ("call_id" = Option<String>, Query, description = "Only interactions with this call id"),
         ("limit" = Option<u32>, Query, description = "At most this many, 1..=1000 (default 100)"),
     ),
@@ -374,6 +419,7 @@ pub async fn list(
             })?,
     };
     let committed = state.shared.state();
+    let mut viewer = Viewer::new(&state, &committed);
     let interactions = committed
         .interactions()
         .rev()
@@ -397,14 +443,7 @@ pub async fn list(
                 .is_none_or(|call_id| i.spec.call_id.as_deref() == Some(call_id))
         })
         .take(limit)
-        .map(|i| {
-            let address = i
-                .agent
-                .as_ref()
-                .and_then(|a| committed.agent(a))
-                .and_then(|a| a.profile.address.clone());
-            interaction_view(i, committed.position(i.id()), address)
-        })
+        .map(|i| viewer.view(i))
         .collect();
     Ok(json_response(
         StatusCode::OK,

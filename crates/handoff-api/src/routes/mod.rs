@@ -4,6 +4,7 @@ pub(crate) mod agents;
 pub(crate) mod events;
 pub(crate) mod interactions;
 pub(crate) mod keys;
+pub(crate) mod queues;
 pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod system;
@@ -62,6 +63,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/interactions/{interaction_id}/hangup",
             post(interactions::hangup),
         )
+        .route("/v1/queues", get(queues::list))
+        .route(
+            "/v1/queues/{name}",
+            put(queues::put).get(queues::get).delete(queues::delete),
+        )
+        .route("/v1/queues/{name}/stats", get(queues::stats))
         .route("/v1/events", get(events::stream))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

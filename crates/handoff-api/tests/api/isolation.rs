@@ -61,10 +61,14 @@ struct World {
 }
 
 /// A server with alice and bob available, each with room for a thousand interactions, and a
-/// key of every role. Offers last ten minutes, so none expires while a matrix runs.
+/// key of every role. Offers last ten minutes, so none expires while a matrix runs, and missed
+/// offers never set an agent away.
 async fn world() -> World {
     let mut settings = ApiSettings::default();
     settings.core.offer_timeout_s = 600;
+    // The matrices reject many offers in a row; alice must stay available throughout, not be
+    // set away for missed offers.
+    settings.core.max_missed_offers = 0;
     let app = spawn_app_with(settings).await;
     let alice = app.agent("alice", true).await;
     let bob = app.agent("bob", true).await;

@@ -5,6 +5,7 @@ mod bad_input;
 mod handoff_flow;
 mod isolation;
 mod presence;
+mod queues;
 mod replay;
 mod stream_lifecycle;
 

@@ -126,6 +126,7 @@ async fn an_offer_not_answered_in_time_goes_to_the_fallback_agent_and_the_ivr_le
         core: handoff_core::Settings {
             offer_timeout_s: 1,
             offline_on_disconnect: true,
+            ..handoff_core::Settings::default()
         },
         ..ApiSettings::default()
     })
