@@ -88,7 +88,17 @@ pub struct Shared {
     live: broadcast::Sender<Arc<LiveEvent>>,
     /// Key ids revoked; open streams of those keys close.
     revoked: broadcast::Sender<Arc<Vec<String>>>,
+    /// `queue.stats` events: not in the log, no `seq`, never replayed.
+    stats: broadcast::Sender<Arc<StatsEvent>>,
     pub keys: crate::auth::KeyRing,
+}
+
+/// A `queue.stats` event as live subscribers receive it.
+#[derive(Debug)]
+pub struct StatsEvent {
+    pub queue: String,
+    /// The event JSON (a CloudEvent without `seq`).
+    pub payload: String,
 }
 
 impl Shared {
@@ -106,6 +116,15 @@ impl Shared {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
+    }
+
+    pub fn subscribe_stats(&self) -> broadcast::Receiver<Arc<StatsEvent>> {
+        self.stats.subscribe()
+    }
+
+    pub fn publish_stats(&self, event: StatsEvent) {
+        // Nobody listening is fine: statistics are not kept.
+        let _ = self.stats.send(Arc::new(event));
     }
 
     pub fn subscribe_revocations(&self) -> broadcast::Receiver<Arc<Vec<String>>> {
@@ -215,11 +234,13 @@ pub async fn start(
     let keys = crate::auth::KeyRing::load(store.keys().await?);
     let (live, _) = broadcast::channel(8192);
     let (revoked, _) = broadcast::channel(64);
+    let (stats, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         committed: RwLock::new(state.clone()),
         head: AtomicU64::new(after),
         live,
         revoked,
+        stats,
         keys,
     });
     let (requests, inbox) = mpsc::channel(4096);

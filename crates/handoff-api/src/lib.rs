@@ -12,6 +12,7 @@ pub mod metrics_setup;
 pub mod openapi;
 pub mod routes;
 pub mod shutdown;
+pub mod stats_feed;
 pub mod wire;
 
 use std::sync::Arc;
@@ -116,6 +117,7 @@ impl Running {
             metrics,
             shutdown,
         };
+        tokio::spawn(stats_feed::run(state.clone()));
         Ok(Running {
             state,
             trigger,

@@ -10,8 +10,8 @@ use crate::queue::{QueueConfig, Strategy};
 pub struct Routing {
     /// The queue's strategy; `None` for an interaction addressed to the agent directly.
     pub strategy: Option<Strategy>,
-    /// How many agents met the requirement and were available with room (on some channel)
-    /// at that moment: read from the routing index, so it costs no scan.
+    /// How many agents met the requirement and were available with room for the caller's
+    /// channel at that moment: read from the routing index, so it costs no scan.
     pub eligible: u32,
     /// A sentence naming what decided it.
     pub reason: String,

@@ -11,6 +11,21 @@ use crate::queue::{meets, QueueConfig, Strategy};
 /// An agent's place in a queue's order: smaller comes first; the agent id breaks ties.
 pub type RouteKey = (i64, i64, i64);
 
+/// Where an agent has room: on any channel (a total capacity), or on the channels named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Room {
+    Any,
+    Channels(Vec<String>),
+}
+
+/// The routable agents of one requirement level, split by where they have room, so that a
+/// caller of one channel reads only agents who can take it.
+#[derive(Debug, Clone, Default)]
+struct Routable {
+    any: BTreeSet<(RouteKey, AgentId)>,
+    by_channel: HashMap<String, BTreeSet<(RouteKey, AgentId)>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct QueueIndex {
     pub config: QueueConfig,
@@ -18,9 +33,9 @@ pub struct QueueIndex {
     /// set contains the one before it.
     eligible: Vec<BTreeSet<AgentId>>,
     /// Per level: the eligible agents that are available with room, in strategy order.
-    routable: Vec<BTreeSet<(RouteKey, AgentId)>>,
-    /// The key each routable agent is filed under, to find it again.
-    keys: HashMap<AgentId, RouteKey>,
+    routable: Vec<Routable>,
+    /// The key and the room each routable agent is filed under, to find it again.
+    filed: HashMap<AgentId, (RouteKey, Room)>,
 }
 
 impl QueueIndex {
@@ -29,8 +44,8 @@ impl QueueIndex {
         QueueIndex {
             config,
             eligible: vec![BTreeSet::new(); levels],
-            routable: vec![BTreeSet::new(); levels],
-            keys: HashMap::new(),
+            routable: vec![Routable::default(); levels],
+            filed: HashMap::new(),
         }
     }
 
@@ -67,30 +82,61 @@ impl QueueIndex {
     }
 
     fn remove_routable(&mut self, agent: &AgentId) {
-        if let Some(key) = self.keys.remove(agent) {
-            for set in &mut self.routable {
-                set.remove(&(key, agent.clone()));
+        let Some((key, room)) = self.filed.remove(agent) else {
+            return;
+        };
+        let entry = (key, agent.clone());
+        for level in &mut self.routable {
+            match &room {
+                Room::Any => {
+                    level.any.remove(&entry);
+                }
+                Room::Channels(channels) => {
+                    for channel in channels {
+                        if let Some(set) = level.by_channel.get_mut(channel) {
+                            set.remove(&entry);
+                            if set.is_empty() {
+                                level.by_channel.remove(channel);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Re-files the agent in the routable sets: under its current key when `routable`.
-    pub fn set_routable(&mut self, agent: &Agent, routable: bool, today: i64) {
+    /// Re-files the agent in the routable sets: under its current key where it has `room`,
+    /// nowhere when `None` (not available, or full).
+    pub fn set_routable(&mut self, agent: &Agent, room: Option<Room>, today: i64) {
         let id = &agent.profile.id;
         self.remove_routable(id);
-        if !routable {
+        let Some(room) = room else {
             return;
-        }
+        };
         let key = self.key_of(agent, today);
         let mut filed = false;
         for level in 0..self.levels() {
-            if self.eligible[level].contains(id) {
-                self.routable[level].insert((key, id.clone()));
-                filed = true;
+            if !self.eligible[level].contains(id) {
+                continue;
             }
+            let sets = &mut self.routable[level];
+            match &room {
+                Room::Any => {
+                    sets.any.insert((key, id.clone()));
+                }
+                Room::Channels(channels) => {
+                    for channel in channels {
+                        sets.by_channel
+                            .entry(channel.clone())
+                            .or_default()
+                            .insert((key, id.clone()));
+                    }
+                }
+            }
+            filed = true;
         }
         if filed {
-            self.keys.insert(id.clone(), key);
+            self.filed.insert(id.clone(), (key, room));
         }
     }
 
@@ -116,17 +162,33 @@ impl QueueIndex {
             .sum()
     }
 
-    /// Available agents with room that meet `level`, best first.
-    pub fn routable_at(&self, level: usize) -> impl Iterator<Item = &AgentId> {
-        self.routable
-            .get(level)
+    /// Available agents with room on `channel` that meet `level`, best first: the agents with
+    /// a total capacity and those with room on that channel, merged in strategy order.
+    pub fn routable_at<'a>(
+        &'a self,
+        level: usize,
+        channel: &str,
+    ) -> impl Iterator<Item = &'a AgentId> + 'a {
+        let sets = self.routable.get(level);
+        let mut any = sets.into_iter().flat_map(|s| s.any.iter()).peekable();
+        let mut own = sets
+            .and_then(|s| s.by_channel.get(channel))
             .into_iter()
             .flatten()
-            .map(|(_, agent)| agent)
+            .peekable();
+        std::iter::from_fn(move || match (any.peek(), own.peek()) {
+            (Some(a), Some(b)) if b < a => own.next(),
+            (Some(_), _) => any.next(),
+            (None, _) => own.next(),
+        })
+        .map(|(_, agent)| agent)
     }
 
-    pub fn routable_count(&self, level: usize) -> usize {
-        self.routable.get(level).map_or(0, BTreeSet::len)
+    /// How many agents `routable_at(level, channel)` yields, without walking them.
+    pub fn routable_count(&self, level: usize, channel: &str) -> usize {
+        self.routable.get(level).map_or(0, |sets| {
+            sets.any.len() + sets.by_channel.get(channel).map_or(0, BTreeSet::len)
+        })
     }
 }
 

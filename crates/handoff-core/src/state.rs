@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use crate::agent::{Activity, Agent, Presence, PresenceSource, PresenceStatus};
+use crate::agent::{Activity, Agent, Capacity, Presence, PresenceSource, PresenceStatus};
 use crate::command::{Command, CommandError};
 use crate::event::{Event, OfferEndReason, Routing};
 use crate::ids::{AgentId, InteractionId, QueueName, Seq, Timestamp};
 use crate::interaction::{Interaction, InteractionState, Target};
 use crate::queue::{QueueConfig, Strategy};
-use crate::router::{handled_on, QueueIndex};
+use crate::router::{handled_on, QueueIndex, Room};
 use crate::stats::{QueueStatistics, WindowPair};
 
 /// Tells which calendar day a moment falls on, in the configured time zone ("today" for
@@ -267,13 +267,23 @@ impl State {
         })
     }
 
-    /// Available, with room on some channel: filed in the queues' routable sets.
-    fn is_routable(&self, agent: &Agent) -> bool {
-        agent.presence.status == PresenceStatus::Available
-            && agent
-                .profile
-                .capacity
-                .has_room(self.held_channels(&agent.profile.id))
+    /// Where an available agent has room: what the queues' routable sets file it under.
+    fn room_of(&self, agent: &Agent) -> Option<Room> {
+        if agent.presence.status != PresenceStatus::Available {
+            return None;
+        }
+        let held = self.held_channels(&agent.profile.id);
+        match &agent.profile.capacity {
+            Capacity::Total(_) => agent.profile.capacity.has_room(held).then_some(Room::Any),
+            Capacity::PerChannel(limits) => {
+                let channels: Vec<String> = limits
+                    .keys()
+                    .filter(|channel| agent.profile.capacity.fits(channel, held.clone()))
+                    .cloned()
+                    .collect();
+                (!channels.is_empty()).then_some(Room::Channels(channels))
+            }
+        }
     }
 
     fn line_key(interaction: &Interaction) -> LineKey {
@@ -1015,7 +1025,7 @@ impl State {
                 let mut chosen = Vec::new();
                 let mut skipped_missed = Vec::new();
                 let mut examined = 0u64;
-                for agent in index.routable_at(level) {
+                for agent in index.routable_at(level, channel) {
                     examined += 1;
                     if !self.can_take(agent, channel) {
                         continue;
@@ -1047,7 +1057,7 @@ impl State {
                     return None;
                 }
                 let index = &self.queues[queue];
-                let eligible = index.routable_count(level) as u32;
+                let eligible = index.routable_count(level, channel) as u32;
                 let first = &self.agents[&chosen[0]];
                 let mut reason = match strategy {
                     Strategy::LongestIdle => {
@@ -1562,13 +1572,13 @@ impl State {
         let Some(agent) = self.agents.get(agent_id) else {
             return;
         };
-        let routable = self.is_routable(agent);
+        let room = self.room_of(agent);
         let Some(queues) = self.memberships.get(agent_id) else {
             return;
         };
         for name in queues {
             if let Some(index) = self.queues.get_mut(name) {
-                index.set_routable(agent, routable, self.today);
+                index.set_routable(agent, room.clone(), self.today);
             }
         }
     }

@@ -2144,7 +2144,7 @@ fn relaxing_a_queues_skills_offers_its_waiting_callers_at_once_keeping_their_ord
 }
 
 #[test]
-fn routing_eligible_counts_available_agents_meeting_the_requirement_with_room_on_some_channel() {
+fn routing_eligible_counts_only_agents_that_could_take_the_callers_channel() {
     let mut cc = Centre::new();
     cc.upsert_queue(queue("support", &[], Strategy::LongestIdle), s(0));
     cc.add_agent("omni", &[], per_channel(&[("voice", 1), ("chat", 3)]), s(0));
@@ -2161,7 +2161,7 @@ fn routing_eligible_counts_available_agents_meeting_the_requirement_with_room_on
                 "support",
                 s(11),
                 20,
-                routing(Strategy::LongestIdle, 2, "idle the longest: 10 s")
+                routing(Strategy::LongestIdle, 1, "idle the longest: 10 s")
             ),
         ]
     );

@@ -94,6 +94,8 @@ pub async fn stream(
     );
     let (sender, mut receiver) = mpsc::channel::<SseEvent>(256);
     let mut live = state.shared.subscribe();
+    let mut stats = state.shared.subscribe_stats();
+    let wants_stats = filter.matches("queue.stats");
     let mut last = after.unwrap_or_else(|| state.shared.head());
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
@@ -140,6 +142,17 @@ pub async fn stream(
                         }
                     }
                     Err(RecvError::Lagged(_)) => catch_up = true,
+                    Err(RecvError::Closed) => return,
+                },
+                // Statistics carry no seq (they are not in the log): no `id:` line either.
+                received = stats.recv(), if wants_stats => match received {
+                    Ok(event) => {
+                        if sender.send(SseEvent::default().data(event.payload.as_str())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A missed snapshot is superseded by the next one.
+                    Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
                 },
             }

@@ -4,7 +4,7 @@
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use handoff_core::{Activity, Command, Event, PresenceStatus, QueueName, Window};
+use handoff_core::{Activity, Command, Event, PresenceStatus, QueueName, Timestamp, Window};
 use handoff_protocol::{
     AgentCounts, PutQueueRequest, QueueList, QueueStats, QueueView, StatsWindow,
 };
@@ -195,20 +195,29 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin, Role::Supervisor])?;
     let name = queue_name(&raw_name)?;
-    let now = now();
+    let body = queue_stats(&state, &name, now()).ok_or_else(|| unknown(&name))?;
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// The queue's statistics now, as `GET /v1/queues/{name}/stats` and `queue.stats` show them.
+pub(crate) fn queue_stats(
+    state: &AppState,
+    name: &QueueName,
+    now: Timestamp,
+) -> Option<QueueStats> {
     let day_start = state.settings.day_start(now);
     let committed = state.shared.state();
-    let config = committed.queue(&name).ok_or_else(|| unknown(&name))?;
+    let config = committed.queue(name)?;
     let mut waiting = 0u64;
     let mut longest_wait_ms = 0i64;
-    for caller in committed.waiting_in(&name) {
+    for caller in committed.waiting_in(name) {
         waiting += 1;
         // From entering the queue: a caller put back after a missed offer keeps its wait.
         let entered = caller.entered_queue_at.unwrap_or(caller.waiting_since);
         longest_wait_ms = longest_wait_ms.max(now.millis() - entered.millis());
     }
     let mut agents = AgentCounts::default();
-    for agent in committed.queue_members(&name) {
+    for agent in committed.queue_members(name) {
         let by_presence = match agent.presence.status {
             PresenceStatus::Available => &mut agents.available,
             PresenceStatus::Away => &mut agents.away,
@@ -224,8 +233,8 @@ pub async fn stats(
         };
         *by_activity += 1;
     }
-    let pair = committed.queue_stats(&name, now, day_start);
-    let body = QueueStats {
+    let pair = committed.queue_stats(name, now, day_start);
+    Some(QueueStats {
         queue: name.to_string(),
         waiting,
         longest_wait_s: (longest_wait_ms.max(0) / 1000) as u64,
@@ -234,8 +243,7 @@ pub async fn stats(
         today: window(&pair.today),
         service_level_s: i64::try_from(config.service_level_s).unwrap_or(i64::MAX),
         day_start: format_time(day_start),
-    };
-    Ok(json_response(StatusCode::OK, &body))
+    })
 }
 
 fn window(window: &Window) -> StatsWindow {

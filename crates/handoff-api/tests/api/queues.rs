@@ -873,3 +873,65 @@ async fn queue_routes_answer_each_role_as_the_contract_says_and_refusals_change_
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queue_stats_events_reach_the_event_stream_without_a_seq_and_stay_out_of_the_log() {
+    let app = spawn_app().await;
+    let (status, _) = put_queue(&app, "stats-feed", json!({})).await;
+    assert_eq!(status, 201);
+    let ivr = app.key("ivr").await;
+    let mut events = app
+        .http
+        .get(app.url("/v1/events?types=queue.stats"))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    // A queue name no other test uses: the metrics recorder is one per process.
+    // Nobody is available: the caller waits, and the queue's numbers change.
+    app.create_interaction(&ivr, json!({"target": {"queue": "stats-feed"}}))
+        .await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !seen.contains("\"waiting\":1") {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("a queue.stats event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let line = seen
+        .lines()
+        .filter(|l| l.starts_with("data:"))
+        .find(|l| l.contains("\"waiting\":1"))
+        .unwrap();
+    let event: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(event["type"], "queue.stats");
+    assert_eq!(event["subject"], "stats-feed");
+    assert!(
+        event.get("seq").is_none(),
+        "statistics carry no seq: {event}"
+    );
+    assert!(
+        !seen.contains("\nid:") && !seen.starts_with("id:"),
+        "no id line: {seen}"
+    );
+    let logged = app.store.events_after(0, 10_000).await.unwrap();
+    assert!(logged.iter().all(|e| e.event_type != "queue.stats"));
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("handoff_queue_waiting{queue=\"stats-feed\"} 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
