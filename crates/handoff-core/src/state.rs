@@ -96,6 +96,10 @@ pub struct State {
     escalations: BTreeSet<(Timestamp, InteractionId)>,
     lines: BTreeMap<LineKey, BTreeMap<WaitingKey, InteractionId>>,
     line_of: HashMap<InteractionId, (LineKey, WaitingKey)>,
+    /// Lines that may have become servable since `dispatch` last found them not: a caller
+    /// joined, an agent who could serve them changed, a requirement relaxed. A hint: a line
+    /// too many costs a look, never a wrong decision.
+    dirty: BTreeSet<LineKey>,
     waiting_counter: u64,
     route_counter: u64,
     /// The calendar day the strategy keys were computed for.
@@ -119,6 +123,7 @@ impl State {
             escalations: BTreeSet::new(),
             lines: BTreeMap::new(),
             line_of: HashMap::new(),
+            dirty: BTreeSet::new(),
             waiting_counter: 0,
             route_counter: 0,
             today: 0,
@@ -325,6 +330,7 @@ impl State {
     ) -> Result<Vec<(Event, Vec<AgentId>)>, CommandError> {
         self.check(&command)?;
         self.refresh_day(now);
+        self.relax_requirements(now);
         let mut out = Vec::new();
         self.run(&mut out, command, now);
         self.dispatch(&mut out, now);
@@ -638,8 +644,9 @@ impl State {
         }
     }
 
-    fn tick(&mut self, out: &mut Events, now: Timestamp) {
-        // Escalations are wake-ups: the ones passed need no event, `dispatch` reads the time.
+    /// Escalations that passed need no event (`dispatch` reads the time), only a look at the
+    /// lines of the callers whose requirement relaxed.
+    fn relax_requirements(&mut self, now: Timestamp) {
         let passed: Vec<(Timestamp, InteractionId)> = self
             .escalations
             .range(..(now.plus_millis(1), InteractionId::lowest()))
@@ -647,7 +654,13 @@ impl State {
             .collect();
         for entry in passed {
             self.escalations.remove(&entry);
+            if let Some((line, _)) = self.line_of.get(&entry.1) {
+                self.dirty.insert(line.clone());
+            }
         }
+    }
+
+    fn tick(&mut self, out: &mut Events, now: Timestamp) {
         // Handling one timer can make another due (a caller requeued after its wait passed):
         // go on until none is left, each timer once.
         let mut handled = BTreeSet::new();
@@ -861,6 +874,9 @@ impl State {
             return self.fall_back_or_end_unanswered(out, id, &target, now);
         }
         if let Target::Agent(agent) = &target {
+            // Serve first whoever became servable earlier in this command (a caller put back
+            // in line, a requirement relaxed): they rank ahead of a caller arriving now.
+            self.dispatch(out, now);
             let channel = self.interactions[id].spec.channel.clone();
             let nobody_ahead = self
                 .lines
@@ -939,11 +955,17 @@ impl State {
     fn dispatch(&mut self, out: &mut Events, now: Timestamp) {
         loop {
             let mut best: Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> = None;
-            let lines: Vec<LineKey> = self.lines.keys().cloned().collect();
+            let lines: Vec<LineKey> = self.dirty.iter().cloned().collect();
             for line in lines {
-                if let Some((key, id, agents, routing)) = self.servable_head(&line, now) {
-                    if best.as_ref().is_none_or(|(best_key, ..)| key < *best_key) {
-                        best = Some((key, id, agents, routing));
+                match self.servable_head(&line, now) {
+                    Some((key, id, agents, routing)) => {
+                        if best.as_ref().is_none_or(|(best_key, ..)| key < *best_key) {
+                            best = Some((key, id, agents, routing));
+                        }
+                    }
+                    // Offers only take room away: it stays unservable until marked again.
+                    None => {
+                        self.dirty.remove(&line);
                     }
                 }
             }
@@ -1249,6 +1271,7 @@ impl State {
             return Vec::new();
         };
         let holders_before = holders(interaction);
+        let timers_before = (interaction.offer_expires_at, interaction.wrap_up_until);
         let at = event.time();
         self.leave_line(&id);
         let interaction = self.interactions.get_mut(&id).expect("looked up above");
@@ -1398,8 +1421,12 @@ impl State {
             .flatten();
 
         // Keep the indexes in step with the interaction.
-        self.timers
-            .retain(|(_, kind, timer_id)| !(timer_id == &id && *kind != TimerKind::MaxWait));
+        if let Some(at) = timers_before.0 {
+            self.timers.remove(&(at, TimerKind::Offer, id.clone()));
+        }
+        if let Some(at) = timers_before.1 {
+            self.timers.remove(&(at, TimerKind::WrapUp, id.clone()));
+        }
         if let Some(at) = deadline {
             self.timers.insert((at, TimerKind::Offer, id.clone()));
         }
@@ -1495,6 +1522,7 @@ impl State {
             .entry(line.clone())
             .or_default()
             .insert(key, id.clone());
+        self.dirty.insert(line.clone());
         self.line_of.insert(id.clone(), (line, key));
         self.set_wait_timers(id);
     }
@@ -1567,12 +1595,42 @@ impl State {
         self.refile(agent_id);
     }
 
+    /// Marks the lines an agent with room could serve: those addressed to it and those of its
+    /// queues.
+    fn mark_lines_of(&mut self, agent: &AgentId) {
+        let addressed = LineKey::Agent(agent.clone(), String::new());
+        let mut marked: Vec<LineKey> = self
+            .lines
+            .range(addressed..)
+            .map(|(key, _)| key)
+            .take_while(|key| matches!(key, LineKey::Agent(a, _) if a == agent))
+            .cloned()
+            .collect();
+        for queue in self.memberships.get(agent).into_iter().flatten() {
+            let first = LineKey::Queue(queue.clone(), String::new());
+            marked.extend(
+                self.lines
+                    .range(first..)
+                    .map(|(key, _)| key)
+                    .take_while(|key| matches!(key, LineKey::Queue(q, _) if q == queue))
+                    .cloned(),
+            );
+        }
+        self.dirty.extend(marked);
+    }
+
     /// Re-files the agent in the routable sets of the queues it serves, under its current key.
     fn refile(&mut self, agent_id: &AgentId) {
         let Some(agent) = self.agents.get(agent_id) else {
             return;
         };
         let room = self.room_of(agent);
+        if room.is_some() {
+            self.mark_lines_of(agent_id);
+        }
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
         let Some(queues) = self.memberships.get(agent_id) else {
             return;
         };

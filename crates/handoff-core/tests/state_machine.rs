@@ -1493,14 +1493,15 @@ fn a_missed_offer_routed_to_a_fallback_agent_freed_in_the_same_tick_queues_behin
             "interaction.offer_revoked",
             "interaction.unanswered",
             "interaction.offer_revoked",
-            "interaction.queued",
-            "interaction.offered"
+            "interaction.offered",
+            "interaction.queued"
         ]
     );
     expect_revoked(&out[0], "a1", "alice", OfferEndReason::TimedOut);
     expect_revoked(&out[2], "z", "bob", OfferEndReason::TimedOut);
-    expect_queued(&out[3], "z", to_agent("alice"));
-    expect_offered(&out[4], "waiting", "alice", now);
+    // The caller already waiting for alice is served before z is routed to her.
+    expect_offered(&out[3], "waiting", "alice", now);
+    expect_queued(&out[4], "z", to_agent("alice"));
     assert_eq!(state.position(&iid("z")), Some(1));
 }
 
@@ -1829,12 +1830,13 @@ fn transfer_to_an_unavailable_agent_queues_for_it_and_releases_the_transferrer_f
         kinds(&out),
         [
             "interaction.transferred",
-            "interaction.queued",
-            "interaction.offered"
+            "interaction.offered",
+            "interaction.queued"
         ]
     );
-    expect_queued(&out[1], "call-1", to_agent("bob"));
-    expect_offered(&out[2], "call-2", "alice", t(30));
+    // Alice, released, is offered her waiting caller before call-1 is routed on.
+    expect_offered(&out[1], "call-2", "alice", t(30));
+    expect_queued(&out[2], "call-1", to_agent("bob"));
     assert_eq!(
         interaction(&state, "call-1").state,
         InteractionState::Queued
