@@ -525,17 +525,9 @@ pub async fn accept(
     Path(raw_id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = interaction_id(&raw_id)?;
-    let agent = acting_agent(&state, &principal, &id)?;
-    read_empty(request, &state).await?;
-    action(
-        &state,
-        &id,
-        Command::Accept {
-            id: id.clone(),
-            agent,
-        },
-    )
+    answer_offer(&state, &principal, &raw_id, request, |id, agent| {
+        Command::Accept { id, agent }
+    })
     .await
 }
 
@@ -566,18 +558,24 @@ pub async fn reject(
     Path(raw_id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = interaction_id(&raw_id)?;
-    let agent = acting_agent(&state, &principal, &id)?;
-    read_empty(request, &state).await?;
-    action(
-        &state,
-        &id,
-        Command::Reject {
-            id: id.clone(),
-            agent,
-        },
-    )
+    answer_offer(&state, &principal, &raw_id, request, |id, agent| {
+        Command::Reject { id, agent }
+    })
     .await
+}
+
+/// Accept or reject: the acting agent answers its offer; the body must be empty.
+async fn answer_offer(
+    state: &AppState,
+    principal: &Principal,
+    raw_id: &str,
+    request: Request,
+    command: impl FnOnce(InteractionId, handoff_core::AgentId) -> Command,
+) -> Result<Response, ApiError> {
+    let id = interaction_id(raw_id)?;
+    let agent = acting_agent(state, principal, &id)?;
+    read_empty(request, state).await?;
+    action(state, &id, command(id.clone(), agent)).await
 }
 
 #[utoipa::path(
