@@ -2,7 +2,8 @@
 //! `Principal`, and the role rules of the contract's Auth section.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -95,11 +96,33 @@ impl Principal {
     }
 }
 
-/// Every key, by the SHA-256 of its token, kept in memory for a lookup per request.
+/// Every key, by the SHA-256 of its token, kept in memory for a lookup per request; and the
+/// one-time sign-in codes, which live in memory only.
 #[derive(Default)]
 pub struct KeyRing {
     by_hash: RwLock<HashMap<[u8; 32], KeyRecord>>,
+    codes: Mutex<HashMap<[u8; 32], SigninCode>>,
 }
+
+/// Who a one-time sign-in code signs in, and until when.
+#[derive(Debug, Clone)]
+struct SigninCode {
+    role: Role,
+    agent: Option<AgentId>,
+    expires: Instant,
+}
+
+/// How long a one-time sign-in code stays valid.
+pub const SIGNIN_CODE_TTL: Duration = Duration::from_secs(10 * 60);
+/// At most this many sign-in codes wait to be used; issuing more first drops expired ones,
+/// then refuses.
+pub const MAX_SIGNIN_CODES: usize = 10_000;
+/// How long a browser session (a `ses_` key) is accepted after it was opened.
+pub const SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The id prefix of session keys: only these are accepted from the session cookie.
+pub const SESSION_KEY_PREFIX: &str = "ses_";
+/// The name every session key is listed with.
+pub const SESSION_KEY_NAME: &str = "session";
 
 impl KeyRing {
     pub fn load(records: Vec<KeyRecord>) -> KeyRing {
@@ -150,6 +173,11 @@ impl KeyRing {
     }
 
     pub fn resolve(&self, token: &str) -> Option<Principal> {
+        self.resolve_with_age(token).map(|(principal, _)| principal)
+    }
+
+    /// The principal of a token and when its key was created.
+    fn resolve_with_age(&self, token: &str) -> Option<(Principal, i64)> {
         let hash = hash_token(token);
         let map = self.by_hash.read().ok()?;
         let record = map.get(&hash)?;
@@ -158,11 +186,66 @@ impl KeyRing {
             Role::Agent => Some(AgentId::parse(record.agent_id.as_deref()?).ok()?),
             _ => None,
         };
-        Some(Principal {
+        let principal = Principal {
             key_id: record.id.clone(),
             role,
             agent,
-        })
+        };
+        Some((principal, record.created_ms))
+    }
+}
+
+impl KeyRing {
+    /// The principal of a session token from the cookie: only session keys (`ses_...`) younger
+    /// than [`SESSION_TTL`] count, so a cookie never carries a long-lived API token.
+    pub fn resolve_session(&self, token: &str, now_ms: i64) -> Option<Principal> {
+        let (principal, created_ms) = self.resolve_with_age(token)?;
+        let fresh = now_ms - created_ms < SESSION_TTL.as_millis() as i64;
+        (principal.key_id.starts_with(SESSION_KEY_PREFIX) && fresh).then_some(principal)
+    }
+
+    /// Session keys past [`SESSION_TTL`], to revoke.
+    pub fn expired_sessions(&self, now_ms: i64) -> Vec<String> {
+        let ttl = SESSION_TTL.as_millis() as i64;
+        self.by_hash
+            .read()
+            .map(|map| {
+                map.values()
+                    .filter(|r| {
+                        r.id.starts_with(SESSION_KEY_PREFIX) && now_ms - r.created_ms >= ttl
+                    })
+                    .map(|r| r.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A new one-time sign-in code for `role` (and `agent`, for an agent), valid for
+    /// [`SIGNIN_CODE_TTL`]. Only its hash is kept; `None` when too many are outstanding.
+    pub fn issue_code(&self, role: Role, agent: Option<AgentId>) -> Option<String> {
+        let mut codes = self.codes.lock().ok()?;
+        let now = Instant::now();
+        codes.retain(|_, code| code.expires > now);
+        if codes.len() >= MAX_SIGNIN_CODES {
+            return None;
+        }
+        let code = generate_secret("hc_");
+        codes.insert(
+            hash_token(&code),
+            SigninCode {
+                role,
+                agent,
+                expires: now + SIGNIN_CODE_TTL,
+            },
+        );
+        Some(code)
+    }
+
+    /// Uses up a sign-in code: who it signs in, once, if it has not expired.
+    pub fn redeem_code(&self, code: &str) -> Option<(Role, Option<AgentId>)> {
+        let mut codes = self.codes.lock().ok()?;
+        let entry = codes.remove(&hash_token(code))?;
+        (entry.expires > Instant::now()).then_some((entry.role, entry.agent))
     }
 }
 
@@ -172,9 +255,15 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 
 /// A new 256-bit random token, hex-encoded with a prefix naming what it is.
 pub fn generate_token() -> String {
+    generate_secret("hk_")
+}
+
+/// 256 random bits, hex-encoded after `prefix` (`hk_` API tokens, `hs_` browser sessions,
+/// `hc_` one-time sign-in codes).
+pub fn generate_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
-    format!("hk_{}", hex::encode(bytes))
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 /// A short random id for keys and interactions.
@@ -190,12 +279,13 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The web UI's session cookie; it carries the token, HttpOnly and SameSite=Strict.
+/// The web UI's session cookie: it carries a session key's token (never an API token),
+/// HttpOnly and SameSite=Strict.
 pub const SESSION_COOKIE: &str = "handoff_session";
 
-fn session_cookie(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+/// The session token in the request's cookie, if any.
+pub fn session_cookie_value(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
@@ -204,6 +294,35 @@ fn session_cookie(parts: &Parts) -> Option<&str> {
         .find(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim())
         .filter(|value| !value.is_empty())
+}
+
+/// The principal of the request's session cookie, if it holds a live session.
+pub fn session_principal(headers: &axum::http::HeaderMap, state: &AppState) -> Option<Principal> {
+    let token = session_cookie_value(headers)?;
+    state
+        .shared
+        .keys
+        .resolve_session(token, crate::wire::now().millis())
+}
+
+/// Whether the browser reached us over https: directly, or through a proxy that says so
+/// (`X-Forwarded-Proto`, `Forwarded: proto=https`), or from an https page (`Origin`). The
+/// session cookie is then `Secure`.
+pub fn request_is_https(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> bool {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    };
+    uri.scheme_str() == Some("https")
+        || header("x-forwarded-proto")
+            .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim() == "https"))
+        || header("forwarded").is_some_and(|v| {
+            v.split([';', ','])
+                .any(|pair| pair.trim().replace(' ', "") == "proto=https")
+        })
+        || header("origin").is_some_and(|v| v.starts_with("https://"))
 }
 
 /// Middleware on every protected route: 401 before anything else is looked at. A bearer token
@@ -218,8 +337,7 @@ pub async fn authenticate(
     let principal = match bearer(&parts) {
         Some(token) => state.shared.keys.resolve(token),
         None => {
-            let principal =
-                session_cookie(&parts).and_then(|token| state.shared.keys.resolve(token));
+            let principal = session_principal(&parts.headers, &state);
             let changes_state = !matches!(
                 parts.method,
                 axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS

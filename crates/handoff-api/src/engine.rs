@@ -196,6 +196,7 @@ struct IdempotencyEntry {
 pub async fn start(
     store: Arc<dyn Store>,
     settings: handoff_core::Settings,
+    pop_url_default: Option<String>,
     shutdown: Shutdown,
 ) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
     let mut state = State::new(settings);
@@ -252,6 +253,7 @@ pub async fn start(
         head: after,
         idempotency,
         shutdown,
+        pop_url_default,
     };
     let handle = tokio::spawn(task.run());
     tracing::info!(head_seq = after, "recovered the state from the log");
@@ -266,6 +268,8 @@ struct EngineTask {
     head: u64,
     idempotency: HashMap<(String, String), IdempotencyEntry>,
     shutdown: Shutdown,
+    /// The server's `pop_url` template, for offers whose queue has none.
+    pop_url_default: Option<String>,
 }
 
 /// A reply held back until the batch it belongs to is committed.
@@ -416,7 +420,15 @@ impl EngineTask {
                 Event::InteractionOffered { .. } => interaction.map(|i| i.spec.created_at),
                 _ => None,
             };
-            let cloud = wire::cloud_event(seq.get(), &event, interaction);
+            let pop_template = match &event {
+                Event::InteractionOffered { target, .. } => crate::pop_url::template_for(
+                    &self.working,
+                    target,
+                    self.pop_url_default.as_deref(),
+                ),
+                _ => None,
+            };
+            let cloud = wire::cloud_event(seq.get(), &event, interaction, pop_template);
             let payload = serde_json::to_string(&cloud).unwrap_or_default();
             if let Some(id) = event.interaction_id() {
                 if matches!(

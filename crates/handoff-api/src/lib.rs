@@ -10,9 +10,11 @@ pub mod error;
 pub mod json;
 pub mod metrics_setup;
 pub mod openapi;
+pub mod pop_url;
 pub mod routes;
 pub mod shutdown;
 pub mod stats_feed;
+pub mod web;
 pub mod wire;
 
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub struct ApiSettings {
     /// as its calendar too, so statistics and `least_occupied` agree on the day.
     pub timezone: calendar::Zone,
     pub core: handoff_core::Settings,
+    /// The server-wide `pop_url` template: for offers from a queue without one of its own, and
+    /// for offers to an agent named directly. None: such pops carry no `pop_url`.
+    pub pop_url: Option<String>,
 }
 
 impl ApiSettings {
@@ -58,6 +63,7 @@ impl Default for ApiSettings {
             allowed_origins: Vec::new(),
             timezone: calendar::Zone::utc(),
             core: handoff_core::Settings::default(),
+            pop_url: None,
         }
     }
 }
@@ -88,10 +94,18 @@ impl Running {
         mut settings: ApiSettings,
     ) -> anyhow::Result<Running> {
         settings.core.calendar = Arc::new(settings.timezone.clone());
+        if let Some(template) = &settings.pop_url {
+            pop_url::check(template).map_err(|reason| anyhow::anyhow!("pop_url: {reason}"))?;
+        }
         let metrics = metrics_setup::handle();
         let (trigger, shutdown) = shutdown_channel();
-        let (engine, engine_task) =
-            engine::start(store.clone(), settings.core.clone(), shutdown.clone()).await?;
+        let (engine, engine_task) = engine::start(
+            store.clone(),
+            settings.core.clone(),
+            settings.pop_url.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let shared = engine.shared.clone();
         let connections = Arc::new(connections::Connections::new(
             engine.clone(),

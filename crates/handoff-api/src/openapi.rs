@@ -54,7 +54,13 @@ pub struct AckFrame {
         crate::routes::system::metrics,
         crate::routes::system::openapi,
         crate::routes::session::open,
+        crate::routes::session::current,
         crate::routes::session::close,
+        crate::routes::session::create_signin_link,
+        crate::web::signin,
+        crate::web::desktop,
+        crate::web::supervisor,
+        crate::web::asset,
         crate::routes::keys::create,
         crate::routes::keys::list,
         crate::routes::keys::revoke,
@@ -89,6 +95,9 @@ pub struct AckFrame {
         CreatedAgentToken,
         handoff_protocol::SessionRequest,
         handoff_protocol::SessionView,
+        handoff_protocol::HeldInteraction,
+        handoff_protocol::SigninLinkRequest,
+        handoff_protocol::SigninLink,
         KeyView,
         KeyList,
         PutAgentRequest,
@@ -126,6 +135,8 @@ pub struct AckFrame {
         (name = "interactions", description = "The hand-off and the agent's actions on it"),
         (name = "events", description = "Server-Sent Events for integrations"),
         (name = "system", description = "Public: health, metrics, this document"),
+        (name = "session", description = "The web UI's session cookie and one-time sign-in links"),
+        (name = "web", description = "Public: the web UI's pages and assets"),
     )
 )]
 pub struct ApiDoc;
@@ -209,10 +220,25 @@ mod tests {
         ("get", "/metrics"),
         ("get", "/openapi.json"),
         ("post", "/v1/session"),
+        ("get", "/v1/session"),
         ("delete", "/v1/session"),
+        ("post", "/v1/signin-links"),
+        ("get", "/"),
+        ("get", "/signin"),
+        ("get", "/supervisor"),
+        ("get", "/assets/{file}"),
     ];
 
-    const PUBLIC: [&str; 4] = ["/healthz", "/metrics", "/openapi.json", "/v1/session"];
+    const PUBLIC: [&str; 8] = [
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/session",
+        "/",
+        "/signin",
+        "/supervisor",
+        "/assets/{file}",
+    ];
 
     /// Every (method, path, operation) in the document.
     fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {

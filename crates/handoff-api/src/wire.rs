@@ -260,6 +260,7 @@ pub fn queue_view(config: &QueueConfig) -> wire::QueueView {
                 skills: skills_json(&step.skills),
             })
             .collect(),
+        pop_url: config.pop_url.clone(),
     }
 }
 
@@ -330,6 +331,17 @@ pub fn queue_config_from_wire(
             after_s: seconds(&format!("{field}.after_s"), step.after_s, 0)?,
             skills: skills_from_wire(&step.skills, &format!("{field}.skills"))?,
         });
+    }
+    if let Some(template) = &body.pop_url {
+        // Only new templates are checked: one read back from the log is kept as it was, and
+        // renders fail into `pop_url_error` if it no longer passes.
+        if strict {
+            crate::pop_url::check(template).map_err(|reason| {
+                ApiError::unprocessable("invalid_pop_url", format!("pop_url: {reason}"))
+                    .with_field("pop_url")
+            })?;
+        }
+        config.pop_url = Some(template.clone());
     }
     if strict {
         config.validate().map_err(queue_config_error)?;
@@ -429,8 +441,15 @@ fn presence_json(presence: &Presence) -> Value {
 
 // ----- events -----------------------------------------------------------------------------
 
-/// The CloudEvent for `event` at `seq`. `offer_note` is the transfer note shown in a pop.
-pub fn cloud_event(seq: u64, event: &Event, offer_spec: Option<&Interaction>) -> wire::CloudEvent {
+/// The CloudEvent for `event` at `seq`. For an offer, `offered` is the interaction the pop
+/// shows and `pop_template` the `pop_url` template that applies to it (see
+/// [`crate::pop_url::template_for`]); it is rendered here, once, so the log keeps the result.
+pub fn cloud_event(
+    seq: u64,
+    event: &Event,
+    offered: Option<&Interaction>,
+    pop_template: Option<&str>,
+) -> wire::CloudEvent {
     wire::CloudEvent {
         specversion: "1.0".to_owned(),
         id: format!("handoff-{seq}"),
@@ -439,11 +458,11 @@ pub fn cloud_event(seq: u64, event: &Event, offer_spec: Option<&Interaction>) ->
         time: format_time(event.time()),
         subject: event.subject().to_owned(),
         seq,
-        data: event_data(event, offer_spec),
+        data: event_data(event, offered, pop_template),
     }
 }
 
-fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
+fn event_data(event: &Event, offered: Option<&Interaction>, pop_template: Option<&str>) -> Value {
     match event {
         Event::AgentCreated { profile, presence } => {
             json!({"agent": profile_json(profile), "presence": presence_json(presence)})
@@ -482,13 +501,25 @@ fn event_data(event: &Event, offered: Option<&Interaction>) -> Value {
                     json!(offered.last_transfer_note),
                 );
             }
-            json!({
+            let mut data = json!({
                 "interaction": interaction,
                 "agent": agent.as_str(),
                 "offer_target": target_json(target),
                 "offer_expires_at": format_time(*expires_at),
                 "routing": routing_json(routing),
-            })
+            });
+            if let (Some(template), Some(offered), Some(object)) =
+                (pop_template, offered, data.as_object_mut())
+            {
+                match crate::pop_url::render(template, &offered.spec, agent, target) {
+                    Ok(url) => object.insert("pop_url".to_owned(), json!(url)),
+                    Err(reason) => {
+                        tracing::warn!(interaction = %id.as_str(), %reason, "pop_url not rendered");
+                        object.insert("pop_url_error".to_owned(), json!(reason))
+                    }
+                };
+            }
+            data
         }
         Event::OfferRevoked {
             id, agent, reason, ..
@@ -913,6 +944,7 @@ mod tests {
         billing.max_wait_s = Some(600);
         billing.overflow = Some(queue("general"));
         billing.service_level_s = 30;
+        billing.pop_url = Some("https://crm.example.com/?phone={{ caller }}".to_owned());
         billing.steps = vec![
             EscalationStep {
                 after_s: 30,
@@ -1111,7 +1143,7 @@ mod tests {
         assert_eq!(covered, BTreeSet::from(VARIANTS), "a variant has no sample");
         for (index, event) in events.iter().enumerate() {
             let seq = index as u64 + 1;
-            let cloud = cloud_event(seq, event, None);
+            let cloud = cloud_event(seq, event, None, None);
             assert_eq!(cloud.event_type, event.type_name());
             assert_eq!(cloud.subject, event.subject());
             let text = serde_json::to_string(&cloud).unwrap();
@@ -1124,7 +1156,7 @@ mod tests {
     #[test]
     fn new_fields_have_their_contract_names_on_the_wire() {
         let events = samples();
-        let data = |index: usize| cloud_event(1, &events[index], None).data;
+        let data = |index: usize| cloud_event(1, &events[index], None, None).data;
         assert_eq!(data(0)["agent"]["capacity"], json!(2));
         assert_eq!(data(1)["agent"]["capacity"], json!({"chat": 3, "voice": 1}));
         assert_eq!(data(5)["requeued"], json!(false));
@@ -1139,7 +1171,7 @@ mod tests {
         let revoked: Vec<Value> = events
             .iter()
             .filter(|e| matches!(e, Event::OfferRevoked { .. }))
-            .map(|e| cloud_event(1, e, None).data["reason"].clone())
+            .map(|e| cloud_event(1, e, None, None).data["reason"].clone())
             .collect();
         assert!(
             revoked.contains(&json!("answered_elsewhere")),
@@ -1149,7 +1181,7 @@ mod tests {
             .iter()
             .find(|e| matches!(e, Event::QueueUpserted { created: false, .. }))
             .unwrap();
-        let cloud = cloud_event(1, upserted, None);
+        let cloud = cloud_event(1, upserted, None, None);
         assert_eq!(cloud.event_type, "queue.updated");
         assert_eq!(
             cloud.data["queue"],
@@ -1166,8 +1198,47 @@ mod tests {
                     {"after_s": 30, "skills": {"billing": 3}},
                     {"after_s": 90, "skills": {}},
                 ],
+                "pop_url": "https://crm.example.com/?phone={{ caller }}",
             })
         );
+    }
+
+    #[test]
+    fn an_offer_carries_its_rendered_pop_url_or_why_not_and_still_decodes() {
+        let events = samples();
+        let Event::InteractionCreated { spec } = &events[4] else {
+            panic!("sample 4 is the creation");
+        };
+        let mut state = handoff_core::State::new(handoff_core::Settings::default());
+        state.apply(&events[4]);
+        let interaction = state.interaction(&spec.id).unwrap();
+        let offered = &events[7];
+        assert!(matches!(offered, Event::InteractionOffered { .. }));
+
+        let template = "https://crm.example.com/s?phone={{ caller }}&order={{ context.order }}&q={{ queue }}&a={{ agent }}";
+        let cloud = cloud_event(8, offered, Some(interaction), Some(template));
+        assert_eq!(
+            cloud.data["pop_url"],
+            "https://crm.example.com/s?phone=%2B15551234567&order=42&q=billing&a=alice"
+        );
+        assert!(cloud.data.get("pop_url_error").is_none());
+        let text = serde_json::to_string(&cloud).unwrap();
+        assert_eq!(&decode_event(8, &text).unwrap(), offered, "{text}");
+
+        let cloud = cloud_event(
+            8,
+            offered,
+            Some(interaction),
+            Some("https://x.example/?{{ nope }}"),
+        );
+        assert!(cloud.data.get("pop_url").is_none());
+        let reason = cloud.data["pop_url_error"].as_str().unwrap();
+        assert!(reason.contains("nope"), "{reason}");
+        let text = serde_json::to_string(&cloud).unwrap();
+        assert_eq!(&decode_event(8, &text).unwrap(), offered, "{text}");
+
+        let cloud = cloud_event(8, offered, Some(interaction), None);
+        assert!(cloud.data.get("pop_url").is_none() && cloud.data.get("pop_url_error").is_none());
     }
 
     #[test]

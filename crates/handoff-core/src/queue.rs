@@ -67,6 +67,9 @@ pub struct QueueConfig {
     pub service_level_s: u64,
     /// Relaxations, by increasing `after_s`.
     pub steps: Vec<EscalationStep>,
+    /// The template of the CRM page a screen pop from this queue opens. Opaque here: the API
+    /// checks and renders it.
+    pub pop_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +97,7 @@ impl QueueConfig {
             overflow: None,
             service_level_s: 20,
             steps: Vec::new(),
+            pop_url: None,
         }
     }
 

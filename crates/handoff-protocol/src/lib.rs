@@ -319,6 +319,12 @@ pub struct PutQueueRequest {
     /// Relaxations of `skills` as the caller waits, by increasing `after_s`. Default `[]`.
     #[serde(default)]
     pub steps: Vec<EscalationStep>,
+    /// The CRM page a screen pop from this queue opens: a minijinja template over `id`,
+    /// `caller`, `dialed`, `channel`, `call_id`, `priority`, `queue`, `agent` and `context`,
+    /// e.g. `https://crm.example.com/search?phone={{ caller }}`. Every value is percent-encoded
+    /// where it lands. Default none: the server's `pop_url`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pop_url: Option<String>,
 }
 
 /// A queue as returned, with every default filled in.
@@ -334,6 +340,9 @@ pub struct QueueView {
     pub overflow: Option<QueueRef>,
     pub service_level_s: i64,
     pub steps: Vec<EscalationStep>,
+    /// The queue's `pop_url` template; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pop_url: Option<String>,
 }
 
 impl From<QueueView> for PutQueueRequest {
@@ -348,6 +357,7 @@ impl From<QueueView> for PutQueueRequest {
             overflow: view.overflow,
             service_level_s: Some(view.service_level_s),
             steps: view.steps,
+            pop_url: view.pop_url,
         }
     }
 }
@@ -445,19 +455,75 @@ pub struct Health {
     pub head_seq: u64,
 }
 
-/// `POST /v1/session`: trade a token for the web UI's session cookie.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `POST /v1/session`: trade a token, or a one-time sign-in code, for the web UI's session
+/// cookie. Exactly one of `token` and `code`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct SessionRequest {
-    pub token: String,
+    /// An agent token, or a supervisor or admin key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A one-time sign-in code from `POST /v1/signin-links`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// With `token`: the agent the token must belong to (the sign-in form's agent id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
-/// Who the session cookie (or token) belongs to.
+/// Who the session cookie belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct SessionView {
-    /// `admin`, `ivr`, `supervisor`, `presence` or `agent`.
+    /// `admin`, `supervisor` or `agent`.
     pub role: String,
-    /// Set for an agent's token.
+    /// Set for an agent's session.
     pub agent_id: Option<String>,
+    /// The session's key id (`ses_...`): listed by `GET /v1/keys`, revoked by
+    /// `DELETE /v1/session` or `DELETE /v1/keys/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When the session stops being accepted, RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// On `GET /v1/session` for an agent: the interactions it holds now (offered to it,
+    /// accepted, in wrap-up), so a desktop that reloads picks them up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Vec<HeldInteraction>>,
+}
+
+/// An interaction an agent holds now, as `GET /v1/session` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HeldInteraction {
+    pub interaction: InteractionView,
+    /// Where it is headed now (a pop's `offer_target`): the original target, a fallback or a
+    /// transfer's target.
+    pub offer_target: Target,
+    /// In wrap-up: when wrap-up ends by itself.
+    pub wrap_up_until: Option<String>,
+}
+
+/// `POST /v1/signin-links` (admin): a one-time sign-in link for one agent, or for a
+/// `supervisor` or `admin`. Exactly one of `agent` and `role`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SigninLinkRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `supervisor` or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// A one-time sign-in link: `url` is relative to the server (`/signin#code=...`); the code is in
+/// the fragment, so it stays out of server logs and `Referer`. Single use, valid until
+/// `expires_at`, kept in memory only (a restart invalidates it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SigninLink {
+    pub code: String,
+    pub url: String,
+    pub expires_at: String,
 }

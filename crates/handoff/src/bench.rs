@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
-use handoff_api::{ApiSettings, Running};
-use handoff_store::{Durability, KeyRecord, StoreEngine};
+use handoff_api::ApiSettings;
+use handoff_store::Durability;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::local_server::{LocalOptions, LocalServer};
 
 const MAX_REQUESTS: usize = 1_000_000;
 const MAX_CONCURRENCY: usize = 4096;
@@ -152,12 +154,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The server under test.
 enum Server {
     InProcess {
-        base: String,
-        admin: String,
-        running: Option<Running>,
-        serve: Option<tokio::task::JoinHandle<()>>,
+        local: LocalServer,
         durability: DurabilityArg,
-        _dir: tempfile::TempDir,
     },
     Remote {
         base: String,
@@ -168,32 +166,34 @@ enum Server {
 impl Server {
     fn base(&self) -> &str {
         match self {
-            Server::InProcess { base, .. } | Server::Remote { base, .. } => base,
+            Server::InProcess { local, .. } => local.base(),
+            Server::Remote { base, .. } => base,
         }
     }
 
     fn admin(&self) -> &str {
         match self {
-            Server::InProcess { admin, .. } | Server::Remote { admin, .. } => admin,
+            Server::InProcess { local, .. } => local.admin_token(),
+            Server::Remote { admin, .. } => admin,
         }
     }
 
     fn describe(&self) -> String {
         match self {
-            Server::InProcess {
-                base, durability, ..
-            } => format!("in-process at {base}, durability {}", durability.name()),
+            Server::InProcess { local, durability } => format!(
+                "in-process at {}, durability {}",
+                local.base(),
+                durability.name()
+            ),
             Server::Remote { base, .. } => format!("{base}, durability as configured there"),
         }
     }
 
     async fn stop(&mut self) {
-        if let Server::InProcess { running, serve, .. } = self {
-            if let Some(running) = running.take() {
-                running.shutdown().await;
-            }
-            if let Some(serve) = serve.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(10), serve).await;
+        if let Server::InProcess { local, .. } = self {
+            local.stop().await;
+            if let Err(error) = local.remove_data() {
+                eprintln!("[bench] warning: the temporary data directory was not removed: {error}");
             }
         }
     }
@@ -202,16 +202,6 @@ impl Server {
 /// Starts the API as `handoff-api`'s tests do: a temporary data directory, the real SQLite
 /// store, an admin key added through the engine, and axum on 127.0.0.1:0.
 async fn start_in_process(durability: DurabilityArg) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let store = handoff_store::open(StoreEngine::Sqlite {
-        data_dir: dir.path().to_path_buf(),
-        durability: match durability {
-            DurabilityArg::Fsync => Durability::Fsync,
-            DurabilityArg::Os => Durability::Os,
-        },
-    })
-    .await
-    .context("cannot open the store")?;
     let settings = ApiSettings {
         core: handoff_core::Settings {
             // Offers expiring mid-run would add work and events that are not part of the
@@ -221,45 +211,18 @@ async fn start_in_process(durability: DurabilityArg) -> anyhow::Result<Server> {
         },
         ..ApiSettings::default()
     };
-    let running = Running::start(store, settings)
-        .await
-        .context("the server did not start")?;
-    let admin = handoff_api::auth::generate_token();
-    running
-        .state
-        .engine
-        .add_key(KeyRecord {
-            id: "key_bench_admin".to_owned(),
-            role: "admin".to_owned(),
-            name: "handoff bench".to_owned(),
-            agent_id: None,
-            token_sha256: handoff_api::auth::hash_token(&admin),
-            created_ms: handoff_api::wire::now().millis(),
-        })
-        .await
-        .context("cannot add the admin key")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let router = running.router();
-    let mut shutdown = running.shutdown_signal();
-    let serve = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.fired().await })
-            .await;
-        if let Err(error) = served {
-            eprintln!("[bench] the in-process server failed: {error}");
-        }
-    });
-    Ok(Server::InProcess {
-        base,
-        admin,
-        running: Some(running),
-        serve: Some(serve),
-        durability,
-        _dir: dir,
+    let local = LocalServer::start(LocalOptions {
+        listen: "127.0.0.1:0".to_owned(),
+        durability: match durability {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Os => Durability::Os,
+        },
+        settings,
+        admin_name: "handoff bench".to_owned(),
+        label: "[bench]",
     })
+    .await?;
+    Ok(Server::InProcess { local, durability })
 }
 
 /// `Some(true)` for http(s) URLs on localhost or a loopback address; `None` if not http(s).

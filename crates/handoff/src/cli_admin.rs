@@ -11,6 +11,7 @@ use handoff_client::protocol::{
     CreateKeyRequest, PresenceStatus, PutAgentRequest, PutPresenceRequest,
 };
 use handoff_client::{AgentFilter, Client};
+use handoff_protocol::{SigninLink, SigninLinkRequest};
 use serde::Serialize;
 
 /// Where a client command finds the server and how it authenticates.
@@ -100,6 +101,17 @@ pub enum AdminCommand {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print a one-time sign-in link to the web UI for an agent or a supervisor: single use,
+    /// valid ten minutes, forgotten when the server restarts.
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["agent", "role"])))]
+    SigninLink {
+        /// The agent who signs in with the link.
+        #[arg(long)]
+        agent: Option<String>,
+        /// supervisor or admin.
+        #[arg(long)]
+        role: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,8 +179,54 @@ pub enum KeyCommand {
     },
 }
 
+/// Creates a one-time sign-in link on the server at `base_url` with an admin `token`, for an
+/// agent or a role (`supervisor`, `admin`); returns the full URL to open
+/// (`<base>/signin#code=...`) and the server's answer.
+pub async fn create_signin_link(
+    base_url: &str,
+    token: &str,
+    agent: Option<&str>,
+    role: Option<&str>,
+) -> anyhow::Result<(String, SigninLink)> {
+    let base = base_url.trim().trim_end_matches('/');
+    let request = SigninLinkRequest {
+        agent: agent.map(str::to_owned),
+        role: role.map(str::to_owned),
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/signin-links"))
+        .bearer_auth(token)
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let status = response.status();
+    let body = response.bytes().await.context("reading the answer")?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<handoff_protocol::ErrorBody>(&body)
+            .map(|e| e.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        bail!("the server refused the sign-in link (HTTP {status}): {message}");
+    }
+    let link: SigninLink =
+        serde_json::from_slice(&body).context("the server's answer is not a sign-in link")?;
+    Ok((format!("{base}{}", link.url), link))
+}
+
 /// Runs `handoff admin`.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::SigninLink { agent, role } = &args.command {
+        let token = resolve_token(args.conn.token.clone())?;
+        let (url, link) =
+            create_signin_link(&args.conn.url, &token, agent.as_deref(), role.as_deref()).await?;
+        // The URL alone on stdout, so `URL=$(handoff admin signin-link --agent alice)` works.
+        println!("{url}");
+        eprintln!(
+            "single use, valid until {} (and only until the server restarts)",
+            link.expires_at
+        );
+        return Ok(());
+    }
     let client = args.conn.client()?;
     match args.command {
         AdminCommand::Agent(AgentCommand::Put {
@@ -221,6 +279,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             eprintln!("revoked key {id}");
             Ok(())
         }
+        AdminCommand::SigninLink { .. } => unreachable!("handled above"),
     }
 }
 

@@ -1,9 +1,12 @@
 //! `handoff agent`: a terminal agent desktop that prints screen pops and can accept them.
 //!
 //! It keeps one resilient stream open (reconnecting with `after` = the last event shown), acks
-//! each event once printed, and takes one-letter commands on stdin.
+//! each event once printed, and takes one-letter commands on stdin. With `--exec` and `--open`
+//! it drives a desktop CRM application: a command, or the pop's `pop_url`, for every pop.
 
+use std::collections::{HashSet, VecDeque};
 use std::io::BufRead;
+use std::time::Duration;
 
 use clap::Args;
 use handoff_client::protocol::{CloudEvent, CompleteRequest, PresenceStatus, PutPresenceRequest};
@@ -28,6 +31,17 @@ pub struct AgentArgs {
     /// Leave presence alone instead of setting it to available on start.
     #[arg(long)]
     pub no_available: bool,
+    /// Run CMD for every screen pop (with `sh -c`; `cmd /C` on Windows): the event JSON on its
+    /// standard input; HANDOFF_INTERACTION_ID, HANDOFF_CALLER, HANDOFF_DIALED, HANDOFF_CALL_ID,
+    /// HANDOFF_QUEUE, HANDOFF_POP_URL and HANDOFF_AGENT in its environment (empty when the pop
+    /// has no such value; HANDOFF_TOKEN is not passed on). Once per pop, also across
+    /// reconnects; one at a time in the order of the pops, without holding up the stream.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Open each pop's `pop_url` with the system's opener (xdg-open, open; on Windows the URL
+    /// protocol handler). Only http and https URLs; never through a shell.
+    #[arg(long)]
+    pub open: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -56,6 +70,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         acked_seq = Some(agent.acked_seq);
     }
 
+    let mut hooks = PopHooks::new(&args.agent, args.exec.clone(), args.open);
     let mut stream = ResilientAgentStream::new(client, args.agent.clone(), args.after);
     let mut lines = spawn_stdin_reader();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -97,6 +112,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 Ok(StreamItem::Event(event)) => {
                     desk.show(&event);
+                    // Before the ack: a desktop that dies in between runs it again on restart
+                    // rather than never.
+                    if event.event_type == "interaction.offered" && desk.is_mine(&event.data) {
+                        hooks.pop(&event);
+                    }
                     stream.ack(event.seq).await?;
                     desk.react(&event).await;
                 }
@@ -327,6 +347,226 @@ impl Desk {
     }
 }
 
+/// How many pops `PopHooks` remembers to refuse a second run: far more than can be replayed.
+const HOOKS_REMEMBERED: usize = 4096;
+/// After this long an `--exec` command no longer holds up the next pop's command; it keeps
+/// running and is still reported when it ends.
+const EXEC_HOLD: Duration = Duration::from_secs(10);
+
+/// `--exec` and `--open`: what runs for each pop, once per pop.
+struct PopHooks {
+    agent: String,
+    /// The `--exec` jobs, run in order by one task so that they never overlap or reorder.
+    exec: Option<mpsc::UnboundedSender<ExecJob>>,
+    open: bool,
+    /// (interaction id, seq) of the pops handled, oldest first. The stream already drops
+    /// replayed seqs; this makes "once" hold whatever the stream does.
+    seen: HashSet<(String, u64)>,
+    seen_order: VecDeque<(String, u64)>,
+}
+
+struct ExecJob {
+    interaction: String,
+    stdin: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl PopHooks {
+    fn new(agent: &str, exec: Option<String>, open: bool) -> PopHooks {
+        let exec = exec.map(|command| {
+            let (jobs, mut inbox) = mpsc::unbounded_channel::<ExecJob>();
+            tokio::spawn(async move {
+                while let Some(job) = inbox.recv().await {
+                    run_exec(&command, job).await;
+                }
+            });
+            jobs
+        });
+        PopHooks {
+            agent: agent.to_owned(),
+            exec,
+            open,
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+        }
+    }
+
+    /// Runs the hooks for a pop to this agent, unless they already ran for it.
+    fn pop(&mut self, event: &CloudEvent) {
+        if self.exec.is_none() && !self.open {
+            return;
+        }
+        let id = interaction_id(event);
+        let key = (id.clone(), event.seq);
+        if !self.seen.insert(key.clone()) {
+            return;
+        }
+        self.seen_order.push_back(key);
+        if self.seen_order.len() > HOOKS_REMEMBERED {
+            if let Some(oldest) = self.seen_order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        let pop_url = str_at(&event.data, "pop_url");
+        if let Some(jobs) = &self.exec {
+            let job = ExecJob {
+                interaction: id.clone(),
+                stdin: serde_json::to_string(event).unwrap_or_default(),
+                env: exec_env(event, &self.agent),
+            };
+            if jobs.send(job).is_err() {
+                eprintln!("--exec: the command runner has stopped; pop {id} not passed on");
+            }
+        }
+        if self.open {
+            match pop_url {
+                Some(url) if is_openable(url) => open_url(url),
+                Some(_) => eprintln!("--open: pop {id}: pop_url is not an http(s) URL; not opened"),
+                None => {}
+            }
+        }
+    }
+}
+
+/// The `HANDOFF_*` variables of an `--exec` command; a value the pop lacks is empty, so that
+/// scripts under `set -u` need no special case.
+fn exec_env(event: &CloudEvent, agent: &str) -> Vec<(&'static str, String)> {
+    let data = &event.data;
+    let interaction = data.get("interaction").unwrap_or(&Value::Null);
+    let text = |value: Option<&str>| value.unwrap_or_default().to_owned();
+    let queue = data
+        .get("offer_target")
+        .and_then(|t| str_at(t, "queue"))
+        .or_else(|| interaction.get("target").and_then(|t| str_at(t, "queue")));
+    vec![
+        ("HANDOFF_INTERACTION_ID", interaction_id(event)),
+        ("HANDOFF_CALLER", text(str_at(interaction, "caller"))),
+        ("HANDOFF_DIALED", text(str_at(interaction, "dialed"))),
+        ("HANDOFF_CALL_ID", text(str_at(interaction, "call_id"))),
+        ("HANDOFF_QUEUE", text(queue)),
+        ("HANDOFF_POP_URL", text(str_at(data, "pop_url"))),
+        ("HANDOFF_AGENT", agent.to_owned()),
+    ]
+}
+
+#[cfg(not(windows))]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("sh");
+    shell.arg("-c").arg(command);
+    shell
+}
+
+#[cfg(windows)]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("cmd");
+    // As typed: Rust's quoting of an ordinary argument is not what cmd.exe parses.
+    shell.arg("/C").raw_arg(command);
+    shell
+}
+
+/// Runs one `--exec` job. Failures are reported on stderr and never end the agent.
+async fn run_exec(command: &str, job: ExecJob) {
+    use tokio::io::AsyncWriteExt;
+    let ExecJob {
+        interaction,
+        stdin,
+        env,
+    } = job;
+    let mut child = match shell(command)
+        .envs(env)
+        // The agent's token is this desktop's credential, not the CRM application's.
+        .env_remove("HANDOFF_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("--exec: pop {interaction}: cannot start the command: {error}");
+            return;
+        }
+    };
+    let input = child.stdin.take();
+    let mut running = tokio::spawn(async move {
+        if let Some(mut input) = input {
+            // A command that does not read its input is fine: a closed pipe is no failure.
+            let _ = input.write_all(stdin.as_bytes()).await;
+            let _ = input.shutdown().await;
+        }
+        child.wait().await
+    });
+    let report = |interaction: &str,
+                  result: Result<
+        std::io::Result<std::process::ExitStatus>,
+        tokio::task::JoinError,
+    >| {
+        match result {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => eprintln!("--exec: pop {interaction}: the command {status}"),
+            Ok(Err(error)) => eprintln!("--exec: pop {interaction}: {error}"),
+            Err(error) => eprintln!("--exec: pop {interaction}: {error}"),
+        }
+    };
+    match tokio::time::timeout(EXEC_HOLD, &mut running).await {
+        Ok(result) => report(&interaction, result),
+        Err(_) => {
+            eprintln!(
+                "--exec: pop {interaction}: the command is still running after {}s; the next pop's command will not wait for it",
+                EXEC_HOLD.as_secs()
+            );
+            tokio::spawn(async move { report(&interaction, running.await) });
+        }
+    }
+}
+
+/// An absolute http(s) URL with nothing an opener could take for an option or a second word.
+fn is_openable(url: &str) -> bool {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://"))
+        && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+}
+
+/// Hands `url` to the system's opener as one argument, with no shell in between.
+fn open_url(url: &str) {
+    #[cfg(target_os = "macos")]
+    let mut opener = {
+        let mut opener = tokio::process::Command::new("open");
+        opener.arg(url);
+        opener
+    };
+    // `cmd /c start` would parse the URL's `&` as a command separator: the URL protocol
+    // handler takes it as it is.
+    #[cfg(windows)]
+    let mut opener = {
+        let mut opener = tokio::process::Command::new("rundll32");
+        opener.arg("url.dll,FileProtocolHandler").arg(url);
+        opener
+    };
+    #[cfg(not(any(target_os = "macos", windows)))]
+    let mut opener = {
+        let mut opener = tokio::process::Command::new("xdg-open");
+        opener.arg(url);
+        opener
+    };
+    opener
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .env_remove("HANDOFF_TOKEN");
+    match opener.spawn() {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                match child.wait().await {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => eprintln!("--open: the opener {status}"),
+                    Err(error) => eprintln!("--open: {error}"),
+                }
+            });
+        }
+        Err(error) => eprintln!("--open: cannot start the system's opener: {error}"),
+    }
+}
+
 fn available(reason: Option<&str>) -> PutPresenceRequest {
     PutPresenceRequest {
         status: PresenceStatus::Available,
@@ -378,6 +618,11 @@ fn print_screen_pop(event: &CloudEvent, auto_accept: bool) {
         "  expires   {}",
         str_at(data, "offer_expires_at").unwrap_or("-")
     );
+    if let Some(url) = str_at(data, "pop_url") {
+        println!("  crm       {url}");
+    } else if let Some(reason) = str_at(data, "pop_url_error") {
+        println!("  crm       (no pop_url: {reason})");
+    }
     match interaction.get("context") {
         Some(context) if context.as_object().is_some_and(|c| !c.is_empty()) => {
             println!("  context");
@@ -548,6 +793,69 @@ mod tests {
         assert_eq!(desk.assigned, ["i1"]);
         desk.show(&event("interaction.completed", json!({})));
         assert!(desk.assigned.is_empty());
+    }
+
+    #[test]
+    fn exec_env_names_the_pops_main_fields() {
+        let pop = event(
+            "interaction.offered",
+            json!({
+                "interaction": {"id": "i1", "caller": "+1 555", "dialed": null,
+                                "call_id": "c@pbx", "target": {"agent": "alice"}},
+                "agent": "alice",
+                "offer_target": {"queue": "billing"},
+                "pop_url": "https://crm.example.com/?p=%2B1%20555",
+            }),
+        );
+        let env: std::collections::HashMap<_, _> = exec_env(&pop, "alice").into_iter().collect();
+        assert_eq!(env["HANDOFF_INTERACTION_ID"], "i1");
+        assert_eq!(env["HANDOFF_CALLER"], "+1 555");
+        assert_eq!(env["HANDOFF_DIALED"], "");
+        assert_eq!(env["HANDOFF_CALL_ID"], "c@pbx");
+        assert_eq!(env["HANDOFF_QUEUE"], "billing");
+        assert_eq!(
+            env["HANDOFF_POP_URL"],
+            "https://crm.example.com/?p=%2B1%20555"
+        );
+        assert_eq!(env["HANDOFF_AGENT"], "alice");
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_opened() {
+        assert!(is_openable("https://crm.example.com/?a=1&b=2"));
+        assert!(is_openable("HTTP://crm.example.com/"));
+        for url in [
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "-https://x",
+            "https://x.example/ --flag",
+            "https://x.example/\"&calc",
+        ] {
+            assert!(!is_openable(url), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pop_runs_its_hooks_once() {
+        let mut hooks = PopHooks::new("alice", None, false);
+        let (jobs, mut inbox) = mpsc::unbounded_channel();
+        hooks.exec = Some(jobs);
+        let pop = event("interaction.offered", json!({"interaction": {"id": "i1"}}));
+        hooks.pop(&pop);
+        hooks.pop(&pop);
+        let mut again = pop.clone();
+        again.seq = 2;
+        hooks.pop(&again);
+        drop(hooks);
+        let mut runs = Vec::new();
+        while let Some(job) = inbox.recv().await {
+            runs.push(job.interaction);
+        }
+        assert_eq!(
+            runs,
+            ["i1", "i1"],
+            "a new offer of the same interaction is a new pop"
+        );
     }
 
     #[test]

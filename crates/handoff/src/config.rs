@@ -41,6 +41,11 @@ pub struct Config {
     pub ping_interval_s: u64,
     /// Log filter, e.g. `info` or `handoff_api=debug,info`.
     pub log: String,
+    /// The CRM page a screen pop opens when its queue has no `pop_url` of its own, and for
+    /// offers to an agent named directly: a minijinja template such as
+    /// `https://crm.example.com/search?phone={{ caller }}`, every value percent-encoded.
+    /// Default none; an empty value is none too.
+    pub pop_url: Option<String>,
     /// Queues declared in the file (`[[queues]]` tables: `name` and the fields of
     /// `PUT /v1/queues/{name}`). They are put at every start, after recovery, so the file wins
     /// over an edit made through the API. File only: no environment variable.
@@ -63,6 +68,7 @@ impl Default for Config {
             egress_allow: Vec::new(),
             ping_interval_s: 15,
             log: "info".to_owned(),
+            pop_url: None,
             queues: Vec::new(),
         }
     }
@@ -93,6 +99,8 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(env)?;
+        // `HANDOFF_POP_URL=` is the usual way to unset a setting from the environment.
+        config.pop_url = config.pop_url.filter(|t| !t.trim().is_empty());
         if let Some(dir) = &overrides.data_dir {
             config.data_dir = dir.clone();
         }
@@ -176,6 +184,9 @@ impl Config {
         if let Some(v) = get(env, "log") {
             self.log = v.to_owned();
         }
+        if let Some(v) = get(env, "pop_url") {
+            self.pop_url = Some(v.to_owned());
+        }
         Ok(())
     }
 
@@ -196,6 +207,10 @@ impl Config {
             bail!("ping_interval_s must be at least 1");
         }
         self.zone()?;
+        if let Some(template) = &self.pop_url {
+            handoff_api::pop_url::check(template)
+                .map_err(|reason| anyhow::anyhow!("pop_url: {reason}"))?;
+        }
         self.queue_configs()?;
         self.listen
             .parse::<std::net::SocketAddr>()
@@ -450,6 +465,54 @@ name = "general"
             let error = format!("{:#}", load_file(text).unwrap_err());
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn pop_url_comes_from_the_file_or_the_environment_and_must_parse() {
+        let config = load_file(
+            "pop_url = \"https://crm.example.com/?p={{ caller }}\"\n\
+             [[queues]]\nname = \"billing\"\npop_url = \"https://b.example.com/?a={{ context.account }}\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.pop_url.as_deref(),
+            Some("https://crm.example.com/?p={{ caller }}")
+        );
+        assert_eq!(
+            config.queue_configs().unwrap()[0].pop_url.as_deref(),
+            Some("https://b.example.com/?a={{ context.account }}")
+        );
+        let config = Config::load(
+            None,
+            &env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id }}")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.pop_url.as_deref(),
+            Some("https://e.example.com/?i={{ id }}")
+        );
+        let unset = Config::load(
+            None,
+            &env(&[("HANDOFF_POP_URL", "")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(unset.pop_url, None);
+        let error = Config::load(
+            None,
+            &env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("pop_url"), "{error:#}");
+        let error =
+            load_file("[[queues]]\nname = \"billing\"\npop_url = \"{% if %}\"\n").unwrap_err();
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("queues[0]") && text.contains("pop_url"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@ mod cli_admin;
 mod cli_agent;
 mod cli_ivr;
 mod config;
+mod demo;
+mod local_server;
 mod serve;
+mod stop_signal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +38,8 @@ enum Command {
     Admin(cli_admin::AdminArgs),
     /// Load-test over loopback: create interactions, time their screen pops, report.
     Bench(bench::BenchArgs),
+    /// A throwaway server with simulated agents and IVR calls, and two agents for you to play.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -80,6 +85,11 @@ fn main() -> std::process::ExitCode {
             Command::Ivr(args) => cli_ivr::run(args).await,
             Command::Admin(args) => cli_admin::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Demo(args) => {
+                // The server's own logs would drown the demo's narration: warnings only.
+                init_logging("warn");
+                demo::run(args).await
+            }
         }
     });
     match result {

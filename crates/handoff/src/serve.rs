@@ -12,8 +12,11 @@ use handoff_core::{Command, QueueConfig};
 use handoff_store::{Durability, KeyRecord, StoreEngine};
 
 use crate::config::Config;
+use crate::stop_signal::StopSignal;
 
 pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Result<()> {
+    // Installed first: a signal during recovery is kept, not lost.
+    let mut stop = StopSignal::install()?;
     let durability = match config.durability.as_str() {
         "os" => Durability::Os,
         _ => Durability::Fsync,
@@ -39,6 +42,7 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
             max_missed_offers: config.max_missed_offers,
             calendar: Arc::new(zone),
         },
+        pop_url: config.pop_url.clone(),
     };
     let running = Running::start(store, settings)
         .await
@@ -58,16 +62,12 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.fired().await;
     });
-    let trigger = tokio::spawn({
-        let stop = StopOnSignal;
-        async move { stop.wait().await }
-    });
     tokio::select! {
         result = server => {
             result.context("the server failed")?;
         }
-        _ = trigger => {
-            tracing::info!("stopping: signal received");
+        signal = stop.recv() => {
+            tracing::info!(signal, "stopping");
             running.fire_shutdown();
         }
     }
@@ -125,33 +125,6 @@ async fn put_configured_queues(running: &Running, queues: Vec<QueueConfig>) -> a
         );
     }
     Ok(())
-}
-
-struct StopOnSignal;
-
-impl StopOnSignal {
-    async fn wait(self) {
-        let interrupt = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut terminate =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(signal) => signal,
-                    Err(_) => {
-                        let _ = interrupt.await;
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = interrupt => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = interrupt.await;
-        }
-    }
 }
 
 /// On an empty data directory, creates the admin key and prints its token once; with

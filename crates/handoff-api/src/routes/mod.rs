@@ -70,12 +70,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/queues/{name}/stats", get(queues::stats))
         .route("/v1/events", get(events::stream))
+        .route("/v1/signin-links", post(session::create_signin_link))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi))
-        .route("/v1/session", post(session::open).delete(session::close))
+        .route(
+            "/v1/session",
+            post(session::open)
+                .get(session::current)
+                .delete(session::close),
+        )
+        .route("/", get(crate::web::desktop))
+        .route("/signin", get(crate::web::signin))
+        .route("/supervisor", get(crate::web::supervisor))
+        .route("/assets/{file}", get(crate::web::asset))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -40,7 +40,7 @@ fn view_or_404(state: &AppState, name: &QueueName) -> Result<QueueView, ApiError
     operation_id = "put_queue",
     tag = "queues",
     summary = "Create or replace a queue (admin)",
-    description = "Every field is optional and takes its default when absent, so a PUT replaces the whole queue. Callers already waiting keep their place; new steps apply to them from their original arrival. A queue declared in the configuration file is put again at every start, so the file wins over an edit made here.",
+    description = "Every field is optional and takes its default when absent, so a PUT replaces the whole queue. Callers already waiting keep their place; new steps apply to them from their original arrival. A queue declared in the configuration file is put again at every start, so the file wins over an edit made here. `pop_url` is a minijinja template of the CRM page its pops open (variables `id`, `caller`, `dialed`, `channel`, `call_id`, `priority`, `queue`, `agent`, `context`; every value percent-encoded where it lands): it must parse here, and a pop whose render fails carries `pop_url_error` instead.",
     params(
         ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
@@ -53,7 +53,7 @@ fn view_or_404(state: &AppState, name: &QueueName) -> Result<QueueView, ApiError
         (status = 403, description = "Not an admin", body = handoff_protocol::ErrorBody),
         (status = 413, description = "Body too large", body = handoff_protocol::ErrorBody),
         (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
-        (status = 422, description = "Invalid name, skill level out of 0..=10, a duration out of range, steps that are out of order or tighten the skills, an overflow to itself or to an unknown queue", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid name, skill level out of 0..=10, a duration out of range, steps that are out of order or tighten the skills, an overflow to itself or to an unknown queue, a `pop_url` that is empty, longer than 4096 bytes or does not parse (`invalid_pop_url`)", body = handoff_protocol::ErrorBody),
     ),
     security(("bearer" = [])),
 )]

@@ -4,9 +4,11 @@
 mod bad_input;
 mod handoff_flow;
 mod isolation;
+mod pop_url;
 mod presence;
 mod queues;
 mod replay;
 mod stream_lifecycle;
+mod web;
 
 pub mod support;
