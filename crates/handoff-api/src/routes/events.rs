@@ -95,6 +95,9 @@ pub async fn stream(
     let (sender, mut receiver) = mpsc::channel::<SseEvent>(256);
     let mut live = state.shared.subscribe();
     let mut stats = state.shared.subscribe_stats();
+    // Revoking the key (or signing the session out) ends the stream at once, as for sockets.
+    let mut revocations = state.shared.subscribe_revocations();
+    let key_id = principal.key_id.clone();
     let wants_stats = filter.matches("queue.stats");
     let mut last = after.unwrap_or_else(|| state.shared.head());
     let mut shutdown = state.shutdown.clone();
@@ -129,6 +132,11 @@ pub async fn stream(
             tokio::select! {
                 _ = shutdown.fired() => return,
                 _ = sender.closed() => return,
+                revoked = revocations.recv() => {
+                    if revoked.is_ok_and(|ids| ids.contains(&key_id)) {
+                        return;
+                    }
+                }
                 received = live.recv() => match received {
                     Ok(event) => {
                         if event.seq <= last {

@@ -276,3 +276,47 @@ async fn after_a_restart_the_grace_period_starts_when_the_server_is_ready() {
     assert_eq!(read["presence"]["reason"], "connection_lost");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn revoking_a_key_ends_its_open_event_stream() {
+    let app = spawn_app().await;
+    let (status, created) = app
+        .post(
+            "/v1/keys",
+            &app.admin,
+            Some(json!({"role": "supervisor", "name": "wallboard"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let token = created["token"].as_str().unwrap().to_owned();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    let mut events = app
+        .http
+        .get(app.url("/v1/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let (status, _) = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{key_id}"),
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    // The stream ends: chunks (keep-alives at most) until the body is done.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("the event stream ends in time");
+        match chunk {
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    app.stop().await;
+}
