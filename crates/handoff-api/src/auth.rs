@@ -249,6 +249,24 @@ impl KeyRing {
     }
 }
 
+/// A key record made now: a fresh id with `id_prefix`, only the token's hash kept.
+pub fn new_key(
+    id_prefix: &str,
+    role: Role,
+    name: impl Into<String>,
+    agent: Option<&AgentId>,
+    token_sha256: [u8; 32],
+) -> KeyRecord {
+    KeyRecord {
+        id: generate_id(id_prefix),
+        role: role.as_str().to_owned(),
+        name: name.into(),
+        agent_id: agent.map(|a| a.to_string()),
+        token_sha256,
+        created_ms: crate::wire::now().millis(),
+    }
+}
+
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }

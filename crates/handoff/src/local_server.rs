@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use handoff_api::{ApiSettings, Running};
-use handoff_store::{Durability, KeyRecord, StoreEngine};
+use handoff_store::{Durability, StoreEngine};
 
 /// How long `stop` waits for the HTTP server to finish its last requests.
 const SERVE_DRAIN: Duration = Duration::from_secs(10);
@@ -61,14 +61,13 @@ impl LocalServer {
             .await
             .context("the server did not start")?;
         let admin = handoff_api::auth::generate_token();
-        let key = KeyRecord {
-            id: handoff_api::auth::generate_id("key_"),
-            role: "admin".to_owned(),
-            name: options.admin_name,
-            agent_id: None,
-            token_sha256: handoff_api::auth::hash_token(&admin),
-            created_ms: handoff_api::wire::now().millis(),
-        };
+        let key = handoff_api::auth::new_key(
+            "key_",
+            handoff_api::auth::Role::Admin,
+            options.admin_name,
+            None,
+            handoff_api::auth::hash_token(&admin),
+        );
         let listener = async {
             running
                 .state

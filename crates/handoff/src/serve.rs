@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use handoff_api::{ApiSettings, Running};
 use handoff_core::{Command, QueueConfig};
-use handoff_store::{Durability, KeyRecord, StoreEngine};
+use handoff_store::{Durability, StoreEngine};
 
 use crate::config::Config;
 use crate::stop_signal::StopSignal;
@@ -168,14 +168,13 @@ async fn add_admin_key(
     token_sha256: [u8; 32],
     name: &str,
 ) -> anyhow::Result<()> {
-    let record = KeyRecord {
-        id: handoff_api::auth::generate_id("key_"),
-        role: "admin".to_owned(),
-        name: name.to_owned(),
-        agent_id: None,
+    let record = handoff_api::auth::new_key(
+        "key_",
+        handoff_api::auth::Role::Admin,
+        name,
+        None,
         token_sha256,
-        created_ms: handoff_api::wire::now().millis(),
-    };
+    );
     running
         .state
         .engine

@@ -6,12 +6,11 @@ use super::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
 use handoff_protocol::{CreateKeyRequest, CreatedAgentToken, CreatedKey, KeyView};
-use handoff_store::KeyRecord;
 
 use super::{agent_id, engine_error, json_response, read_empty, read_json};
-use crate::auth::{generate_id, generate_token, hash_token, Principal, Role};
+use crate::auth::{generate_token, hash_token, new_key, Principal, Role};
 use crate::error::ApiError;
-use crate::wire::{format_time, now};
+use crate::wire::format_time;
 use crate::AppState;
 
 #[utoipa::path(
@@ -56,14 +55,7 @@ pub async fn create(
         );
     }
     let token = generate_token();
-    let record = KeyRecord {
-        id: generate_id("key_"),
-        role: role.as_str().to_owned(),
-        name: body.name,
-        agent_id: None,
-        token_sha256: hash_token(&token),
-        created_ms: now().millis(),
-    };
+    let record = new_key("key_", role, body.name, None, hash_token(&token));
     state
         .engine
         .add_key(record.clone())
@@ -194,14 +186,13 @@ pub async fn create_agent_token(
         ));
     }
     let token = generate_token();
-    let record = KeyRecord {
-        id: generate_id("tok_"),
-        role: Role::Agent.as_str().to_owned(),
-        name: format!("agent {agent}"),
-        agent_id: Some(agent.to_string()),
-        token_sha256: hash_token(&token),
-        created_ms: now().millis(),
-    };
+    let record = new_key(
+        "tok_",
+        Role::Agent,
+        format!("agent {agent}"),
+        Some(&agent),
+        hash_token(&token),
+    );
     state
         .engine
         .add_key(record.clone())

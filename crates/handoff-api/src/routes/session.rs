@@ -23,7 +23,7 @@ use handoff_store::KeyRecord;
 
 use super::{engine_error, json_response, origin_allowed, read_json};
 use crate::auth::{
-    generate_id, generate_secret, hash_token, request_is_https, session_principal, Principal, Role,
+    generate_secret, hash_token, new_key, request_is_https, session_principal, Principal, Role,
     SESSION_COOKIE, SESSION_KEY_NAME, SESSION_KEY_PREFIX, SESSION_TTL, SIGNIN_CODE_TTL,
 };
 use crate::error::ApiError;
@@ -140,12 +140,14 @@ pub async fn open(State(state): State<AppState>, request: Request) -> Result<Res
     }
     let token = generate_secret("hs_");
     let record = KeyRecord {
-        id: generate_id(SESSION_KEY_PREFIX),
-        role: role.as_str().to_owned(),
-        name: SESSION_KEY_NAME.to_owned(),
-        agent_id: agent.as_ref().map(|a| a.to_string()),
-        token_sha256: hash_token(&token),
         created_ms,
+        ..new_key(
+            SESSION_KEY_PREFIX,
+            role,
+            SESSION_KEY_NAME,
+            agent.as_ref(),
+            hash_token(&token),
+        )
     };
     state
         .engine
