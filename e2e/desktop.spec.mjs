@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 function required(name) {
   const value = process.env[name];
@@ -21,7 +21,6 @@ const ADMIN = required('HANDOFF_ADMIN_TOKEN');
 const ALICE = required('HANDOFF_ALICE_TOKEN');
 const IVR = required('HANDOFF_IVR_TOKEN');
 const SUPERVISOR_LINK = required('HANDOFF_SUPERVISOR_LINK');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.ARTIFACTS || path.resolve('e2e/artifacts');
 mkdirSync(ARTIFACTS, { recursive: true });
 
@@ -58,21 +57,7 @@ const live = (page) =>
   page.locator('[data-testid=connection-state][data-state="live"]').waitFor({ timeout: STEP });
 
 before(async () => {
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    timeout: 30_000,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // playwright gives every launch a fresh, temporary --user-data-dir of its own.
-    ],
-  });
+  browser = await launchChromium();
   const context = await browser.newContext();
   // Counts the most pop elements ever present at once, across the page's whole life.
   await context.addInitScript(() => {
@@ -146,6 +131,62 @@ test('the IVR posts an interaction and the pop appears within a second', TEST, a
   assert.equal(view.notes, 'Asked about the March invoice');
 });
 
+/**
+ * The page's own record of the most pops ever shown since it loaded must never pass one: gives
+ * any replayed or duplicate offer a moment to land, failing at once if it does.
+ */
+async function assertExactlyOnePop() {
+  const watched = performance.now();
+  const duplicate = await desk
+    .waitForFunction(() => window.__maxPops > 1, null, { timeout: 750, polling: 50 })
+    .then(
+      () => 'a second pop element appeared',
+      (error) => (error.name === 'TimeoutError' ? null : `watching for a second pop failed: ${error.message}`),
+    );
+  assert.equal(duplicate, null);
+  assert.ok(performance.now() - watched >= 700, 'the page was watched for duplicate pops');
+  assert.equal(await desk.evaluate(() => window.__maxPops), 1, 'the observer saw exactly one pop');
+  assert.equal(await desk.getByTestId('pop').count(), 1);
+}
+
+test('a pop offered while the desktop was closed is shown once, and "a" accepts it', TEST, async () => {
+  await desk.goto('about:blank');
+  const created = await offer({ caller: '+15550000004', context: { account: 'A-4' } });
+  await desk.goto(BASE + '/');
+  await live(desk);
+  const pop = desk.locator(`[data-testid=pop][data-interaction-id="${created.id}"]`);
+  await pop.waitFor();
+  await assertExactlyOnePop();
+  await desk.evaluate(() => document.activeElement?.blur());
+  await desk.keyboard.press('a');
+  await desk.getByTestId('work-card').waitFor();
+  await desk.getByTestId('work-complete').click();
+  await desk.getByTestId('work-card').waitFor({ state: 'detached' });
+  const view = await http('GET', `/v1/interactions/${created.id}`, ADMIN);
+  assert.equal(view.state, 'completed');
+});
+
+test("today's list comes from the server: a new tab shows the calls completed today", TEST, async () => {
+  const tab = await desk.context().newPage();
+  tab.setDefaultTimeout(STEP);
+  watch(tab, 'second tab');
+  try {
+    await tab.goto(BASE + '/');
+    await live(tab);
+    const completed = tab.locator('[data-testid=today-row][data-state="completed"]');
+    await tab.waitForFunction(
+      () => document.querySelectorAll('[data-testid=today-row][data-state="completed"]').length >= 2,
+    );
+    const outcomes = await completed.getByTestId('today-outcome').allTextContents();
+    assert.ok(
+      outcomes.some((text) => text.includes('Completed · resolved')),
+      `the first call's disposition is shown: ${JSON.stringify(outcomes)}`,
+    );
+  } finally {
+    await tab.close();
+  }
+});
+
 test('a reload during an offer shows the pop exactly once', TEST, async () => {
   const created = await offer({ caller: '+15550000002' });
   const pop = desk.locator(`[data-testid=pop][data-interaction-id="${created.id}"]`);
@@ -153,19 +194,7 @@ test('a reload during an offer shows the pop exactly once', TEST, async () => {
   await desk.reload();
   await live(desk);
   await pop.waitFor();
-  // The page's own record of the most pops ever shown since the reload must never pass one:
-  // give any replayed or duplicate offer a moment to land, failing at once if it does.
-  const watched = performance.now();
-  const duplicate = await desk
-    .waitForFunction(() => window.__maxPops > 1, null, { timeout: 750, polling: 50 })
-    .then(
-      () => 'a second pop element appeared after the reload',
-      (error) => (error.name === 'TimeoutError' ? null : `watching for a second pop failed: ${error.message}`),
-    );
-  assert.equal(duplicate, null);
-  assert.ok(performance.now() - watched >= 700, 'the page was watched for duplicate pops');
-  assert.equal(await desk.evaluate(() => window.__maxPops), 1, 'the observer saw exactly one pop');
-  assert.equal(await desk.getByTestId('pop').count(), 1);
+  await assertExactlyOnePop();
   await pop.getByTestId('pop-reject').click();
   await pop.waitFor({ state: 'detached' });
 });

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use handoff_core::{
     Agent, AgentId, AgentProfile, Capacity, EscalationStep, Event, Interaction, InteractionId,
-    InteractionSpec, OfferEndReason, Presence, PresenceSource, PresenceStatus, QueueConfig,
-    QueueConfigError, QueueName, Routing, SkillLevel, Strategy, Target, Timestamp,
+    InteractionSpec, InteractionState, OfferEndReason, Presence, PresenceSource, PresenceStatus,
+    QueueConfig, QueueConfigError, QueueName, Routing, SkillLevel, Strategy, Target, Timestamp,
 };
 use handoff_protocol as wire;
 use serde::Deserialize;
@@ -397,6 +397,10 @@ pub fn interaction_view(
         created_at: format_time(spec.created_at),
         updated_at: format_time(interaction.updated_at),
         offer_expires_at: interaction.offer_expires_at.map(format_time),
+        wrap_up_until: (interaction.state == InteractionState::WrapUp)
+            .then_some(interaction.wrap_up_until)
+            .flatten()
+            .map(format_time),
         transfer_note: interaction.last_transfer_note.clone(),
         disposition: interaction.disposition.clone(),
         notes: interaction.notes.clone(),
@@ -536,10 +540,19 @@ fn event_data(event: &Event, offered: Option<&Interaction>, pop_template: Option
             })
         }
         Event::InteractionAccepted { id, agent, .. }
-        | Event::InteractionRejected { id, agent, .. }
-        | Event::InteractionEnded { id, agent, .. } => {
+        | Event::InteractionRejected { id, agent, .. } => {
             json!({"interaction_id": id.as_str(), "agent": agent.as_str()})
         }
+        Event::InteractionEnded {
+            id,
+            agent,
+            wrap_up_until,
+            ..
+        } => json!({
+            "interaction_id": id.as_str(),
+            "agent": agent.as_str(),
+            "wrap_up_until": wrap_up_until.map(format_time),
+        }),
         Event::InteractionTransferred {
             id,
             from,
@@ -785,6 +798,15 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
         "interaction.ended" => Event::InteractionEnded {
             id: interaction_id()?,
             agent: agent_id("agent")?,
+            wrap_up_until: match data.get("wrap_up_until") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(
+                    value
+                        .as_str()
+                        .and_then(parse_time)
+                        .ok_or_else(|| fail("wrap_up_until".to_owned()))?,
+                ),
+            },
             at,
         },
         "interaction.transferred" => Event::InteractionTransferred {
@@ -1067,6 +1089,13 @@ mod tests {
             Event::InteractionEnded {
                 id: ix("ix_1"),
                 agent: agent("alice"),
+                wrap_up_until: Some(t(45)),
+                at: t(15),
+            },
+            Event::InteractionEnded {
+                id: ix("ix_1"),
+                agent: agent("alice"),
+                wrap_up_until: None,
                 at: t(15),
             },
             Event::InteractionAbandoned {

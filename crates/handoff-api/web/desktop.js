@@ -252,8 +252,9 @@ function apply(ev) {
       if (item && d.agent === desk.me && !stale(item, ev.time) && item.state === 'accepted') {
         item.state = 'wrap_up';
         item.endedAt = ev.time;
-        item.wrapUpUntil = null;
-        return { refreshHeld: true };
+        // The event carries the deadline; the session is still asked, for older servers.
+        item.wrapUpUntil = typeof d.wrap_up_until === 'string' ? d.wrap_up_until : null;
+        return { refreshHeld: !item.wrapUpUntil };
       }
       return {};
     case 'interaction.completed':
@@ -475,6 +476,50 @@ async function settleItem(item) {
     close(item, 'missed', item.state === 'offered' ? 'Missed' : 'No longer yours');
   }
   if (view) item.snapshotAt = view.updated_at || item.snapshotAt;
+}
+
+/**
+ * Today's interactions as the server has them, so the list is the same in a new tab, after a
+ * sign-in on another machine, or after the browser forgot its storage. Open ones come from the
+ * session and the stream; this adds the ones that ended.
+ */
+async function loadToday() {
+  const midnight = new Date();
+  midnight.setHours(0, 0, 0, 0);
+  const since = encodeURIComponent(midnight.toISOString());
+  let listed;
+  try {
+    listed = await api('GET', `/v1/interactions?since=${since}&limit=500`);
+  } catch (error) {
+    if (error.status === 401) throw error;
+    return; // The list is a convenience: the desk works without it.
+  }
+  const outcomes = {
+    completed: 'Completed',
+    abandoned: 'Caller hung up',
+    unanswered: 'Unanswered',
+    timed_out: 'Timed out',
+  };
+  for (const v of (listed && listed.interactions) || []) {
+    if (!v || typeof v.id !== 'string' || desk.items.has(v.id)) continue;
+    const mine = Boolean(v.agent && v.agent.id === desk.me);
+    if (mine && OPEN.has(v.state)) continue;
+    const item = newItem(v.id, v.updated_at || v.created_at);
+    fillFromInteraction(item, v);
+    item.offeredAt = v.created_at || item.seenAt;
+    item.closedAt = v.updated_at || null;
+    if (mine && outcomes[v.state]) {
+      const disposition = v.state === 'completed' && v.disposition ? ` · ${v.disposition}` : '';
+      item.state = v.state;
+      item.outcome = `${outcomes[v.state]}${disposition}`;
+    } else {
+      // Offered to this agent, then handled elsewhere: missed, rejected or transferred on.
+      item.state = 'missed';
+      item.outcome = 'Passed on';
+    }
+    desk.items.set(v.id, compact(item));
+  }
+  desk.todayDirty = true;
 }
 
 /** After a hangup: when does wrap-up end by itself? */
@@ -1180,6 +1225,12 @@ async function main() {
       toSignin();
       return;
     }
+  }
+  try {
+    await loadToday();
+  } catch (error) {
+    toSignin();
+    return;
   }
   byId('desk').hidden = false;
   setupPresence();

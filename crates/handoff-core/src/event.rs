@@ -121,6 +121,10 @@ pub enum Event {
     InteractionEnded {
         id: InteractionId,
         agent: AgentId,
+        /// When wrap-up time runs out and the interaction completes by itself; `None` when the
+        /// line has no wrap-up timer (an agent target). Fixed here, not when applied, so a
+        /// queue reconfigured later cannot change a past wrap-up on replay.
+        wrap_up_until: Option<Timestamp>,
         at: Timestamp,
     },
     /// The caller hung up before any accept.

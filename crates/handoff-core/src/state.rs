@@ -586,7 +586,14 @@ impl State {
                 match interaction.state {
                     InteractionState::Accepted => {
                         let agent = interaction.agent.clone().expect("accepted has an agent");
-                        self.emit(out, Event::InteractionEnded { id, agent, at: now });
+                        let wrap_up_until = self.wrap_up_deadline(interaction, now);
+                        let event = Event::InteractionEnded {
+                            id,
+                            agent,
+                            wrap_up_until,
+                            at: now,
+                        };
+                        self.emit(out, event);
                     }
                     _ => {
                         let offered: Vec<AgentId> =
@@ -796,6 +803,18 @@ impl State {
             });
         }
         Ok(interaction)
+    }
+
+    /// When an interaction that ends `now` leaves wrap-up by itself: its queue's `wrap_up_s`
+    /// after `now`; an agent target has no wrap-up timer.
+    fn wrap_up_deadline(&self, interaction: &Interaction, now: Timestamp) -> Option<Timestamp> {
+        match &interaction.current_target {
+            Target::Queue(queue) => self
+                .queues
+                .get(queue)
+                .map(|q| now.plus_seconds(q.config.wrap_up_s)),
+            Target::Agent(_) => None,
+        }
     }
 
     fn revoke(
@@ -1373,13 +1392,9 @@ impl State {
                 interaction.last_transfer_note = note.clone();
                 interaction.just_missed_by.clear();
             }
-            Event::InteractionEnded { .. } => {
+            Event::InteractionEnded { wrap_up_until, .. } => {
                 interaction.state = InteractionState::WrapUp;
-                let wrap_up_s = match &interaction.current_target {
-                    Target::Queue(queue) => self.queues.get(queue).map(|q| q.config.wrap_up_s),
-                    Target::Agent(_) => None,
-                };
-                interaction.wrap_up_until = wrap_up_s.map(|s| at.plus_seconds(s));
+                interaction.wrap_up_until = *wrap_up_until;
             }
             Event::InteractionAbandoned { .. } => {
                 interaction.state = InteractionState::Abandoned;

@@ -127,10 +127,11 @@ fn accepted(id: &str, agent: &str, at: Timestamp) -> Event {
     }
 }
 
-fn ended(id: &str, agent: &str, at: Timestamp) -> Event {
+fn ended(id: &str, agent: &str, wrap_up_until: Option<Timestamp>, at: Timestamp) -> Event {
     Event::InteractionEnded {
         id: iid(id),
         agent: aid(agent),
+        wrap_up_until,
         at,
     }
 }
@@ -573,7 +574,10 @@ fn longest_idle_offers_the_agent_idle_the_longest_and_idle_since_moves_on_when_i
         s(1),
         "an offer or an accept does not move it"
     );
-    assert_eq!(cc.hangup("c1", s(70)), vec![ended("c1", "alice", s(70))]);
+    assert_eq!(
+        cc.hangup("c1", s(70)),
+        vec![ended("c1", "alice", Some(s(80)), s(70))]
+    );
     assert_eq!(
         cc.complete("c1", "alice", s(75)),
         vec![completed("c1", "alice", s(75), false)]
@@ -2289,7 +2293,10 @@ fn after_hangup_the_agent_is_in_wrap_up_and_not_routable_until_wrap_up_s_passes_
         vec![queued("c2", "support", s(12), false)]
     );
 
-    assert_eq!(cc.hangup("c1", s(20)), vec![ended("c1", "alice", s(20))]);
+    assert_eq!(
+        cc.hangup("c1", s(20)),
+        vec![ended("c1", "alice", Some(s(30)), s(20))]
+    );
     let c1 = cc.interaction("c1");
     assert_eq!(c1.state, InteractionState::WrapUp);
     assert_eq!(c1.wrap_up_until, Some(s(30)));
@@ -2333,7 +2340,10 @@ fn after_hangup_the_agent_is_in_wrap_up_and_not_routable_until_wrap_up_s_passes_
 
     // Completed by the agent before the wrap-up runs out: no expiry later.
     cc.accept("c2", "alice", s(31));
-    assert_eq!(cc.hangup("c2", s(40)), vec![ended("c2", "alice", s(40))]);
+    assert_eq!(
+        cc.hangup("c2", s(40)),
+        vec![ended("c2", "alice", Some(s(50)), s(40))]
+    );
     assert_eq!(cc.state.next_deadline(), Some(s(50)));
     assert_eq!(
         cc.complete("c2", "alice", s(45)),

@@ -1623,8 +1623,14 @@ fn hangup_of_an_accepted_interaction_ends_it_into_wrap_up_then_complete_complete
     let out = run(&mut state, hangup("call-1"), t(30));
     assert_eq!(out.len(), 1);
     match &out[0].0 {
-        Event::InteractionEnded { id, agent, at } => {
+        Event::InteractionEnded {
+            id,
+            agent,
+            wrap_up_until,
+            at,
+        } => {
             assert_eq!((id, agent, *at), (&iid("call-1"), &aid("alice"), t(30)));
+            assert_eq!(*wrap_up_until, None, "an agent target has no wrap-up timer");
         }
         other => panic!("expected ended, got {other:?}"),
     }

@@ -210,6 +210,9 @@ pub struct InteractionView {
     pub created_at: String,
     pub updated_at: String,
     pub offer_expires_at: Option<String>,
+    /// In `wrap_up` on a queue with a wrap-up timer: when it completes by itself.
+    #[serde(default)]
+    pub wrap_up_until: Option<String>,
     pub transfer_note: Option<String>,
     pub disposition: Option<String>,
     pub notes: Option<String>,

@@ -5,32 +5,16 @@
 //! Chromium, so it runs only when `HANDOFF_TEST_BROWSER` is set (`.ci/run` sets it once both are
 //! installed). Screenshots land in `<CARGO_TARGET_TMPDIR>/e2e/artifacts`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod node_runner;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use node_runner::{browser_tests_enabled, run_node_spec, Killed};
+
 const ADMIN: &str = "hk_browser_e2e_admin_0123456789abcdef";
-/// The whole node run, browser start included, must end within this.
-const NODE_LIMIT: Duration = Duration::from_secs(180);
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root")
-}
 
 async fn call(
     http: &reqwest::Client,
@@ -140,22 +124,12 @@ async fn set_up(base: &str) -> Setup {
     }
 }
 
-fn drain(stream: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let mut stream = stream;
-        let _ = stream.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
 #[test]
 fn the_desktop_and_supervisor_view_work_in_a_real_browser() {
-    if std::env::var_os("HANDOFF_TEST_BROWSER").is_none() {
+    if !browser_tests_enabled() {
         println!("browser tests skipped: HANDOFF_TEST_BROWSER is not set");
         return;
     }
-    let root = repository_root();
     let temporary = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -187,62 +161,14 @@ fn the_desktop_and_supervisor_view_work_in_a_real_browser() {
         .unwrap()
         .block_on(set_up(&base));
 
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e/artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    let started = Instant::now();
-    let mut node = Killed(
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "e2e/desktop.spec.mjs"])
-            .current_dir(&root)
-            .env("HANDOFF_URL", &base)
-            .env("HANDOFF_ADMIN_TOKEN", ADMIN)
-            .env("HANDOFF_ALICE_TOKEN", &setup.alice_token)
-            .env("HANDOFF_IVR_TOKEN", &setup.ivr_token)
-            .env("HANDOFF_SUPERVISOR_LINK", &setup.supervisor_link)
-            .env("CHROMIUM", chromium)
-            .env("ARTIFACTS", &artifacts)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node runs (install node, and `npm ci --prefix e2e`)"),
+    run_node_spec(
+        "e2e/desktop.spec.mjs",
+        &[
+            ("HANDOFF_URL", &base),
+            ("HANDOFF_ADMIN_TOKEN", ADMIN),
+            ("HANDOFF_ALICE_TOKEN", &setup.alice_token),
+            ("HANDOFF_IVR_TOKEN", &setup.ivr_token),
+            ("HANDOFF_SUPERVISOR_LINK", &setup.supervisor_link),
+        ],
     );
-    let stdout = drain(node.0.stdout.take().unwrap());
-    let stderr = drain(node.0.stderr.take().unwrap());
-    let status = loop {
-        if let Some(status) = node.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > NODE_LIMIT {
-            let _ = node.0.kill();
-            let _ = node.0.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    // A killed node may leave Chromium holding the pipes: don't wait on them forever.
-    let output = |handle: std::thread::JoinHandle<String>| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if handle.is_finished() {
-            handle.join().unwrap_or_default()
-        } else {
-            "(output not closed)".to_owned()
-        }
-    };
-    let (stdout, stderr) = (output(stdout), output(stderr));
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    println!(
-        "node finished in {:.1} s; artifacts in {}",
-        started.elapsed().as_secs_f64(),
-        artifacts.display()
-    );
-    let status = status
-        .unwrap_or_else(|| panic!("the browser tests ran past {NODE_LIMIT:?} and were killed"));
-    assert!(status.success(), "the browser tests failed: {status}");
 }

@@ -1,6 +1,9 @@
 //! `handoff demo` end to end against the real binary: it starts on a free port, its simulated
-//! agents complete calls, one of the agents it leaves for a person gets a screen pop on its
-//! stream, and SIGINT stops it with exit code 0 and its data directory gone.
+//! agents complete calls, the agents it leaves for a person get screen pops (one in headless
+//! Chromium through its printed sign-in link, when `HANDOFF_TEST_BROWSER` is set, and one on a
+//! WebSocket stream), and SIGINT stops it with exit code 0 and its data directory gone.
+
+mod node_runner;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -60,6 +63,8 @@ fn next_line(lines: &mpsc::Receiver<String>, deadline: Instant, what: &str) -> S
 struct Human {
     id: String,
     token: String,
+    /// The one-time sign-in link the banner prints for the browser.
+    browser_link: Option<String>,
 }
 
 struct Banner {
@@ -72,10 +77,17 @@ struct Banner {
 fn read_banner(lines: &mpsc::Receiver<String>) -> Banner {
     let deadline = Instant::now() + STARTUP;
     let (mut url, mut data_dir, mut humans) = (None, None, Vec::new());
+    // Each person's browser line comes before its terminal line.
+    let mut browser_link = None;
     loop {
         let line = next_line(lines, deadline, "the demo's banner");
         let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("server ") {
+        if let Some(rest) = trimmed.strip_prefix("browser ") {
+            let link = rest.split_whitespace().next().map(str::to_owned);
+            if rest.contains("one-time link") {
+                browser_link = link;
+            }
+        } else if let Some(rest) = trimmed.strip_prefix("server ") {
             url = rest.split_whitespace().next().map(str::to_owned);
         } else if let Some(rest) = trimmed.strip_prefix("data ") {
             let path = rest.trim_start();
@@ -94,6 +106,7 @@ fn read_banner(lines: &mpsc::Receiver<String>) -> Banner {
             humans.push(Human {
                 id: id.trim().to_owned(),
                 token: token.to_owned(),
+                browser_link: browser_link.take(),
             });
         } else if trimmed.contains("Ctrl-C stops the demo") {
             break;
@@ -154,8 +167,29 @@ fn demo_starts_serves_pops_to_a_person_and_stops_cleanly_on_sigint() {
         }
     }
 
-    // A person signs in as one of the agents left for them, goes available, and gets a pop.
-    let human = &banner.humans[0];
+    // A person opens the first agent's printed sign-in link in a browser, goes available, gets
+    // a pop, accepts it by keyboard and completes it.
+    let first = &banner.humans[0];
+    if node_runner::browser_tests_enabled() {
+        let link = first
+            .browser_link
+            .as_deref()
+            .expect("the banner prints a one-time sign-in link for each person");
+        node_runner::run_node_spec(
+            "e2e/demo.spec.mjs",
+            &[
+                ("HANDOFF_URL", &banner.url),
+                ("HANDOFF_SIGNIN_LINK", link),
+                ("HANDOFF_AGENT_ID", &first.id),
+            ],
+        );
+    } else {
+        println!("the browser part is skipped: HANDOFF_TEST_BROWSER is not set");
+    }
+
+    // Another person signs in as the second agent over a WebSocket, goes available, and gets
+    // a pop.
+    let human = &banner.humans[1];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -370,6 +370,7 @@ pub struct ListQuery {
     agent: Option<String>,
     queue: Option<String>,
     call_id: Option<String>,
+    since: Option<String>,
     limit: Option<String>,
 }
 
@@ -378,19 +379,20 @@ pub struct ListQuery {
     path = "/v1/interactions",
     operation_id = "list_interactions",
     tag = "interactions",
-    summary = "List interactions, newest first (supervisor, admin)",
+    summary = "List interactions, newest first (supervisor, admin; an agent lists its own)",
     params(
         ("state" = Option<String>, Query, description = "Only interactions in this state"),
-        ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held"),
+        ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held, or was offered. An agent's key lists only its own: the filter defaults to that agent and may name no other"),
+        ("since" = Option<String>, Query, description = "Only interactions changed at or after this RFC 3339 time (the agent desktop asks for today's)"),
         ("queue" = Option<String>, Query, description = "Only interactions created for this queue or headed to it now (after an overflow or a transfer)"),
         ("call_id" = Option<String>, Query, description = "Only interactions with this call id"),
         ("limit" = Option<u32>, Query, description = "At most this many, 1..=1000 (default 100)"),
     ),
     responses(
         (status = 200, description = "The interactions", body = handoff_protocol::InteractionList),
-        (status = 400, description = "Unknown state or a bad limit", body = handoff_protocol::ErrorBody),
+        (status = 400, description = "Unknown state, a bad time or a bad limit", body = handoff_protocol::ErrorBody),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
-        (status = 403, description = "Not supervisor or admin", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not supervisor or admin, or an agent naming another agent", body = handoff_protocol::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -399,7 +401,30 @@ pub async fn list(
     principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    principal.require(&[Role::Admin, Role::Supervisor])?;
+    principal.require(&[Role::Admin, Role::Supervisor, Role::Agent])?;
+    let wanted_agent = match (&principal.role, &principal.agent) {
+        (Role::Agent, Some(own)) => match query.agent.as_deref() {
+            None | Some("") => Some(own.as_str().to_owned()),
+            Some(named) if named == own.as_str() => Some(own.as_str().to_owned()),
+            Some(_) => {
+                return Err(ApiError::forbidden(
+                    "an agent lists only its own interactions",
+                ))
+            }
+        },
+        (Role::Agent, None) => return Err(ApiError::forbidden("this key names no agent")),
+        _ => query.agent.clone().filter(|agent| !agent.is_empty()),
+    };
+    let since = match query.since.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(crate::wire::parse_time(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("since: not an RFC 3339 time: {text}"),
+            )
+            .with_field("since")
+        })?),
+    };
     let wanted_state = match query.state.as_deref() {
         None | Some("") => None,
         Some(text) => Some(InteractionState::parse(text).ok_or_else(|| {
@@ -424,8 +449,9 @@ pub async fn list(
         .interactions()
         .rev()
         .filter(|i| wanted_state.is_none_or(|s| i.state == s))
+        .filter(|i| since.is_none_or(|since| i.updated_at >= since))
         .filter(|i| {
-            query.agent.as_deref().is_none_or(|agent| {
+            wanted_agent.as_deref().is_none_or(|agent| {
                 i.agent.as_ref().is_some_and(|a| a.as_str() == agent)
                     || i.involved_agents.iter().any(|a| a.as_str() == agent)
             })

@@ -1070,6 +1070,17 @@ async fn query_parameters_that_are_not_numbers_or_known_states_are_400_naming_th
         "invalid_field",
         Field::Is("limit"),
     );
+    let answer = f
+        .app
+        .get("/v1/interactions?since=yesterday", &f.app.admin)
+        .await;
+    assert_error(
+        "list ?since=yesterday",
+        &answer,
+        400,
+        "invalid_field",
+        Field::Is("since"),
+    );
     let answer = f.app.get("/v1/agents?status=sleeping", &f.app.admin).await;
     assert_error(
         "agents ?status=sleeping",

@@ -234,3 +234,81 @@ async fn without_after_the_stream_resumes_after_the_durable_ack() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_lists_its_own_interactions_changed_since_a_time_newest_first() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let bob = app.agent("bob", true).await;
+    let ivr = app.key("ivr").await;
+    let earlier = app
+        .create_interaction(
+            &ivr,
+            json!({"caller": "+1555 earlier", "target": {"agent": "alice"}}),
+        )
+        .await;
+    let earlier_id = earlier["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(
+            &format!("/v1/interactions/{earlier_id}/reject"),
+            &alice,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, earlier) = app
+        .get(&format!("/v1/interactions/{earlier_id}"), &alice)
+        .await;
+    // One millisecond after the last change of the earlier one: only later changes count.
+    let after_earlier = handoff_api::wire::parse_time(earlier["updated_at"].as_str().unwrap())
+        .unwrap()
+        .plus_millis(1);
+    let since = handoff_api::wire::format_time(after_earlier);
+    let mut later_ids = Vec::new();
+    for caller in ["+1555 first", "+1555 second"] {
+        // Distinct millisecond stamps, so "changed since" cannot tie with the earlier one.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let created = app
+            .create_interaction(
+                &ivr,
+                json!({"caller": caller, "target": {"agent": "alice"}}),
+            )
+            .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        // alice holds one call at a time: taking and completing it frees her for the next.
+        for step in ["accept", "complete"] {
+            let (status, _) = app
+                .post(&format!("/v1/interactions/{id}/{step}"), &alice, None)
+                .await;
+            assert_eq!(status, 200, "{step}");
+        }
+        later_ids.push(id);
+    }
+    app.create_interaction(
+        &ivr,
+        json!({"caller": "+1555 bob's", "target": {"agent": "bob"}}),
+    )
+    .await;
+
+    let (status, listed) = app
+        .get(&format!("/v1/interactions?since={since}"), &alice)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let ids: Vec<&str> = listed["interactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [later_ids[1].as_str(), later_ids[0].as_str()],
+        "{listed}"
+    );
+    let (_, everything) = app.get("/v1/interactions", &alice).await;
+    assert_eq!(everything["interactions"].as_array().unwrap().len(), 3);
+    let (_, bobs) = app.get("/v1/interactions", &bob).await;
+    assert_eq!(bobs["interactions"][0]["caller"], "+1555 bob's", "{bobs}");
+    assert_eq!(bobs["interactions"].as_array().unwrap().len(), 1, "{bobs}");
+    app.stop().await;
+}

@@ -577,11 +577,26 @@ async fn creating_listing_and_reading_interactions_is_allowed_exactly_to_the_rol
             &answer,
         );
 
+        // An agent lists its own interactions only; naming another agent is refused.
         let answer = world
             .call(caller, Method::GET, "/v1/interactions", None)
             .await;
-        let want = expected(caller, &[Admin, Supervisor], 200);
+        let want = expected(caller, &[Admin, Supervisor, Alice, Bob], 200);
         matrix.check("GET /v1/interactions", caller, want, &answer);
+        let listed_x = answer.1["interactions"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|i| i["id"] == x.as_str()));
+        if caller == Bob && listed_x {
+            matrix.fail(format!("bob's list shows alice's X: {}", answer.1));
+        }
+        if caller == Alice && !listed_x {
+            matrix.fail(format!("alice's list lacks her X: {}", answer.1));
+        }
+        let answer = world
+            .call(caller, Method::GET, "/v1/interactions?agent=alice", None)
+            .await;
+        let want = expected(caller, &[Admin, Supervisor, Alice], 200);
+        matrix.check("GET /v1/interactions?agent=alice", caller, want, &answer);
     }
     for caller in EVERYONE_AND_SECOND_IVR {
         let answer = world

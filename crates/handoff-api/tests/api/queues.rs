@@ -935,3 +935,41 @@ async fn queue_stats_events_reach_the_event_stream_without_a_seq_and_stay_out_of
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn interaction_ended_tells_the_agent_when_wrap_up_runs_out_and_the_interaction_agrees() {
+    let app = spawn_app().await;
+    let body = json!({"skills": {"care": 1}, "wrap_up_s": 30});
+    assert_eq!(put_queue(&app, "care", body).await.0, 201);
+    let alice = skilled_agent(&app, "alice", json!({"care": 2}), true).await;
+    let mut stream = app.stream("alice", &alice, None).await;
+    let ivr = app.key("ivr").await;
+    let created = app
+        .create_interaction(&ivr, json!({"target": {"queue": "care"}}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(&format!("/v1/interactions/{id}/accept"), &alice, None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .post(&format!("/v1/interactions/{id}/hangup"), &ivr, None)
+        .await;
+    assert_eq!(status, 200);
+
+    let ended = next_of_type(&mut stream, "interaction.ended").await;
+    assert_eq!(ended["data"]["agent"], "alice", "{ended}");
+    let until = millis(&ended["data"]["wrap_up_until"]);
+    assert_eq!(until - millis(&ended["time"]), 30_000, "{ended}");
+    let (_, read) = app.get(&format!("/v1/interactions/{id}"), &alice).await;
+    assert_eq!(read["state"], "wrap_up", "{read}");
+    assert_eq!(millis(&read["wrap_up_until"]), until, "{read}");
+    // The same field as stored in the log, so a replay gives the same deadline.
+    let logged = log_of(&app, id).await;
+    let logged_ended = logged
+        .iter()
+        .find(|event| event["type"] == "interaction.ended")
+        .expect("the log holds interaction.ended");
+    assert_eq!(logged_ended["data"], ended["data"]);
+    app.stop().await;
+}
