@@ -230,9 +230,16 @@ test("the supervisor view shows alice's presence change live", TEST, async () =>
   board.setDefaultTimeout(STEP);
   watch(board, 'supervisor');
   try {
+    const opened = Date.now();
     await board.goto(BASE + SUPERVISOR_LINK);
     await board.waitForURL(BASE + '/supervisor');
     await live(board);
+    // The chart starts from the hour the server kept, not from when the page opened.
+    await board.getByTestId('chart-queue').selectOption('billing');
+    const chart = board.locator('[data-testid=queue-chart][data-first-at]:not([data-first-at=""])');
+    await chart.waitFor();
+    const firstAt = Date.parse(await chart.getAttribute('data-first-at'));
+    assert.ok(firstAt < opened, `the chart's first point (${new Date(firstAt).toISOString()}) is from before the page opened`);
     const row = (presence) =>
       board.locator(`[data-testid=agent-row][data-agent-id="alice"]${presence ? `[data-presence="${presence}"]` : ''}`);
     // Two rejected offers in a row set alice away (a missed-offers rule): make her available again.

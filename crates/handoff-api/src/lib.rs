@@ -14,6 +14,7 @@ pub mod pop_url;
 pub mod routes;
 pub mod shutdown;
 pub mod stats_feed;
+pub mod stats_history;
 pub mod web;
 pub mod wire;
 
@@ -78,6 +79,7 @@ pub struct AppState {
     pub connections: Arc<connections::Connections>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub shutdown: Shutdown,
+    pub stats_history: Arc<stats_history::StatsHistory>,
 }
 
 /// A recovered, running API: its router, and how to stop it.
@@ -130,6 +132,7 @@ impl Running {
             connections,
             metrics,
             shutdown,
+            stats_history: Arc::default(),
         };
         tokio::spawn(stats_feed::run(state.clone()));
         Ok(Running {

@@ -11,7 +11,8 @@ use handoff_protocol::{
     CreateInteractionRequest, CreateKeyRequest, CreatedAgentToken, CreatedKey, ErrorBody,
     ErrorDetail, EscalationStep, InteractionList, InteractionView, KeyView, PresenceStatus,
     PresenceView, PutAgentRequest, PutPresenceRequest, PutQueueRequest, QueueList, QueueRef,
-    QueueStats, QueueView, StatsWindow, Strategy, Target, TransferRequest,
+    QueueStats, QueueStatsHistory, QueueStatsSample, QueueView, StatsWindow, Strategy, Target,
+    TransferRequest,
 };
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::Required;
@@ -84,6 +85,7 @@ pub struct AckFrame {
         crate::routes::queues::get,
         crate::routes::queues::delete,
         crate::routes::queues::stats,
+        crate::routes::queues::stats_history,
         crate::routes::events::stream,
     ),
     components(schemas(
@@ -116,6 +118,8 @@ pub struct AckFrame {
         AgentCounts,
         StatsWindow,
         QueueStats,
+        QueueStatsSample,
+        QueueStatsHistory,
         CreateInteractionRequest,
         AgentRef,
         InteractionView,
@@ -215,6 +219,7 @@ mod tests {
         ("get", "/v1/queues/{name}"),
         ("delete", "/v1/queues/{name}"),
         ("get", "/v1/queues/{name}/stats"),
+        ("get", "/v1/queues/{name}/stats/history"),
         ("get", "/v1/events"),
         ("get", "/healthz"),
         ("get", "/metrics"),
@@ -381,6 +386,7 @@ mod tests {
             "PutQueueRequest",
             "QueueView",
             "QueueStats",
+            "QueueStatsHistory",
         ] {
             assert!(
                 schemas.contains_key(name),

@@ -1,6 +1,6 @@
 //! Queue statistics pushed out: once a second, every queue whose numbers changed gets a
 //! `queue.stats` event on the event stream (not in the log: no `seq`, never replayed) and its
-//! Prometheus gauges set.
+//! Prometheus gauges set, and the last hour's history (`stats_history`) fed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -40,11 +40,14 @@ fn publish_changes(state: &AppState, last_published: &mut HashMap<QueueName, ser
         .map(|q| q.name.clone())
         .collect();
     last_published.retain(|name, _| names.contains(name));
+    let name_texts: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    state.stats_history.retain(&name_texts);
     for name in names {
         let Some(stats) = queue_stats(state, &name, at) else {
             continue;
         };
         set_gauges(&stats);
+        state.stats_history.record(&stats, at);
         let data = serde_json::to_value(&stats).unwrap_or_default();
         if last_published.get(&name) == Some(&data) {
             continue;

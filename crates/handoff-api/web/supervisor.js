@@ -203,13 +203,29 @@ function apply(ev) {
 // ----- loading ---------------------------------------------------------------------------------
 
 async function loadStats(name) {
-  try {
-    const stats = await api('GET', `/v1/queues/${encodeURIComponent(name)}/stats`);
-    setStats(name, stats, Date.now());
-    scheduleRender();
-  } catch (error) {
-    // The queue.stats events fill it in.
+  const path = `/v1/queues/${encodeURIComponent(name)}/stats`;
+  const [stats, history] = await Promise.all([
+    api('GET', path).catch(() => null),
+    api('GET', `${path}/history`).catch(() => null),
+  ]);
+  // The hour before this page opened, as the server kept it; the chart goes on live from there.
+  if (history && Array.isArray(history.samples)) {
+    const points = board.history.get(name) || [];
+    const firstLive = points.length ? points[0].t : Infinity;
+    const earlier = history.samples
+      .map((sample) => ({
+        t: Date.parse(sample.at),
+        waiting: Number(sample.waiting_max) || 0,
+        sl: Number(sample.service_level),
+        weight: Number(sample.answered_and_abandoned) || 0,
+      }))
+      .filter((point) => Number.isFinite(point.t) && point.t < firstLive);
+    board.history.set(name, [...earlier, ...points]);
+    board.dirty.chart = true;
   }
+  // Without an answer the queue.stats events fill it in.
+  if (stats) setStats(name, stats, Date.now());
+  scheduleRender();
 }
 
 /** Everything as of now; returns the log's head it is at least as new as. */
@@ -598,6 +614,7 @@ function renderChart() {
       role: 'img',
       'data-testid': 'queue-chart',
       'data-points': points.length,
+      'data-first-at': points.length ? new Date(points[0].t).toISOString() : '',
       'aria-label': last
         ? `Last hour: ${last.waiting} waiting now, service level ${percent(last.sl)}`
         : 'Last hour: no statistics yet',

@@ -427,6 +427,33 @@ pub struct QueueStats {
     pub day_start: String,
 }
 
+/// One 30-second bucket of a queue's statistics history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueStatsSample {
+    /// The bucket's start, RFC 3339 UTC.
+    pub at: String,
+    /// Callers in line at the bucket's last look.
+    pub waiting: u64,
+    /// The most callers in line at once within the bucket.
+    pub waiting_max: u64,
+    /// The last 15 minutes' service level at the bucket's last look, 0..1.
+    pub service_level: f64,
+    /// Answered plus abandoned callers in those 15 minutes: how much the service level weighs.
+    pub answered_and_abandoned: u64,
+}
+
+/// `GET /v1/queues/{name}/stats/history`: the last hour, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QueueStatsHistory {
+    pub queue: String,
+    /// The width of one sample, in seconds.
+    pub bucket_s: u64,
+    /// Kept in the server's memory since it started: after a restart the hour starts again.
+    pub samples: Vec<QueueStatsSample>,
+}
+
 // ----- events -------------------------------------------------------------------------------
 
 /// A CloudEvents 1.0 event, the same on every channel.

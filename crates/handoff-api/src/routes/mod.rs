@@ -69,6 +69,10 @@ pub fn router(state: AppState) -> Router {
             put(queues::put).get(queues::get).delete(queues::delete),
         )
         .route("/v1/queues/{name}/stats", get(queues::stats))
+        .route(
+            "/v1/queues/{name}/stats/history",
+            get(queues::stats_history),
+        )
         .route("/v1/events", get(events::stream))
         .route("/v1/signin-links", post(session::create_signin_link))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -199,6 +199,43 @@ pub async fn stats(
     Ok(json_response(StatusCode::OK, &body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues/{name}/stats/history",
+    operation_id = "queue_stats_history",
+    tag = "queues",
+    summary = "A queue's waiting callers and service level over the last hour, in 30-second samples (admin, supervisor)",
+    description = "What the supervisor view's chart starts from. The history is kept in the server's memory: after a restart it starts again; a queue's samples begin when the queue was first seen.",
+    params(
+        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+    ),
+    responses(
+        (status = 200, description = "The samples, oldest first", body = handoff_protocol::QueueStatsHistory),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not admin or supervisor", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown queue", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid queue name", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn stats_history(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_name): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Supervisor])?;
+    let name = queue_name(&raw_name)?;
+    if state.shared.state().queue(&name).is_none() {
+        return Err(unknown(&name));
+    }
+    let body = handoff_protocol::QueueStatsHistory {
+        queue: name.to_string(),
+        bucket_s: (crate::stats_history::BUCKET_MS / 1000) as u64,
+        samples: state.stats_history.samples(name.as_str(), now()),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 /// The queue's statistics now, as `GET /v1/queues/{name}/stats` and `queue.stats` show them.
 pub(crate) fn queue_stats(
     state: &AppState,

@@ -973,3 +973,58 @@ async fn interaction_ended_tells_the_agent_when_wrap_up_runs_out_and_the_interac
     assert_eq!(logged_ended["data"], ended["data"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_last_hour_of_a_queue_is_served_to_supervisors_from_the_stats_feed() {
+    let app = spawn_app().await;
+    assert_eq!(put_queue(&app, "sales", json!({})).await.0, 201);
+    let ivr = app.key("ivr").await;
+    let supervisor = app.key("supervisor").await;
+    let alice = app.agent("alice", true).await;
+    // A queue without skills takes any agent: alice goes away so that the caller waits.
+    app.presence("alice", &alice, "away").await;
+    let waiting = app
+        .create_interaction(&ivr, json!({"target": {"queue": "sales"}}))
+        .await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+
+    // The feed looks once a second: wait for a sample that saw the caller.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let history = loop {
+        let (status, history) = app.get("/v1/queues/sales/stats/history", &supervisor).await;
+        assert_eq!(status, 200, "{history}");
+        let saw_caller = history["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|sample| sample["waiting_max"] == 1);
+        if saw_caller {
+            break history;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sample saw the caller: {history}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(history["queue"], "sales");
+    assert_eq!(history["bucket_s"], 30);
+    let last = history["samples"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["waiting"], 1, "{history}");
+    assert_eq!(last["service_level"], 1.0, "{history}");
+    assert!(millis(&last["at"]) % 30_000 == 0, "{history}");
+
+    let (status, refused) = app.get("/v1/queues/sales/stats/history", &alice).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, missing) = app
+        .get("/v1/queues/nowhere/stats/history", &app.admin)
+        .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("unknown_queue"))
+    );
+    app.stop().await;
+}
