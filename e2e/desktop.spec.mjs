@@ -275,6 +275,122 @@ test("alice's page cannot open bob's stream", TEST, async () => {
   assert.equal(outcome.messages, 0, 'no message from bob\'s stream reaches alice\'s page');
 });
 
+test('on a call: the CRM page opens in a frame when chosen, and a transfer carries its note', TEST, async () => {
+  // Another origin on loopback, where nothing listens: the frame's address is what is checked.
+  const crm = 'http://127.0.0.1:9/crm/search?phone={{ caller }}&acct={{ context.account }}';
+  await http('PUT', '/v1/queues/crm', ADMIN, { pop_url: crm, wrap_up_s: 0 });
+  await desk.getByTestId('crm-mode').selectOption('frame');
+  const created = await http('POST', '/v1/interactions', IVR, {
+    caller: '+1 555 & Co/#1',
+    context: { account: 'Å-7' },
+    target: { queue: 'crm' },
+  });
+  const pop = desk.locator(`[data-testid=pop][data-interaction-id="${created.id}"]`);
+  await pop.waitFor();
+  await pop.getByTestId('pop-crm-link').click();
+  const frame = desk.getByTestId('crm-frame');
+  await frame.waitFor({ state: 'attached' });
+  assert.equal(
+    await frame.getAttribute('src'),
+    'http://127.0.0.1:9/crm/search?phone=%2B1%20555%20%26%20Co%2F%231&acct=%C3%85-7',
+  );
+  await pop.getByTestId('pop-accept').click();
+  const card = desk.locator(`[data-testid=work-card][data-interaction-id="${created.id}"]`);
+  await card.waitFor();
+  await card.getByTestId('work-transfer').locator('summary').click();
+  await card.getByTestId('transfer-kind').selectOption('agent');
+  await card.getByTestId('transfer-target').fill('bob');
+  await card.getByTestId('transfer-note').fill('Wants the March invoice resent');
+  await card.getByTestId('transfer-submit').click();
+  await card.waitFor({ state: 'detached' });
+  const view = await http('GET', `/v1/interactions/${created.id}`, ADMIN);
+  assert.deepEqual(view.target, { queue: 'crm' }, 'the original target stays on record');
+  assert.equal(view.transfer_note, 'Wants the March invoice resent');
+  const transferred = view.history.find((event) => event.type === 'interaction.transferred');
+  assert.deepEqual(transferred.data.target, { agent: 'bob' });
+  assert.equal(transferred.data.from, 'alice');
+  // Bob is offline: the caller waits for him. The IVR hangs up to end it.
+  await http('POST', `/v1/interactions/${created.id}/hangup`, IVR);
+  await desk.getByTestId('crm-mode').selectOption('tab');
+});
+
+test('a hidden tab gets a notification and a tone for a new pop; a visible one does not', TEST, async () => {
+  const context = await browser.newContext();
+  // Records what the page asks of the Notification and Web Audio APIs: headless Chromium has
+  // neither a notification centre nor speakers.
+  await context.addInitScript(() => {
+    window.__notifications = [];
+    window.__tones = 0;
+    window.__hidden = false;
+    Object.defineProperty(document, 'hidden', { get: () => window.__hidden, configurable: true });
+    window.Notification = class {
+      static permission = 'granted';
+      static requestPermission() {
+        return Promise.resolve('granted');
+      }
+      constructor(title, options = {}) {
+        window.__notifications.push({ title, body: options.body, tag: options.tag });
+      }
+      addEventListener() {}
+      close() {}
+    };
+    window.AudioContext = class {
+      constructor() {
+        this.state = 'running';
+        this.currentTime = 0;
+        this.destination = {};
+      }
+      resume() {
+        return Promise.resolve();
+      }
+      createOscillator() {
+        return { frequency: {}, connect() {}, start() { window.__tones += 1; }, stop() {} };
+      }
+      createGain() {
+        return { gain: { setValueAtTime() {}, exponentialRampToValueAtTime() {} }, connect() {} };
+      }
+    };
+  });
+  const tab = await context.newPage();
+  tab.setDefaultTimeout(STEP);
+  watch(tab, 'alerting tab');
+  const ringing = (id) => tab.locator(`[data-testid=pop][data-interaction-id="${id}"]`);
+  const answer = async (id) => {
+    for (const step of ['accept', 'complete']) await http('POST', `/v1/interactions/${id}/${step}`, ALICE, {});
+    await ringing(id).waitFor({ state: 'detached' });
+  };
+  try {
+    await tab.goto(BASE + '/signin');
+    await tab.getByTestId('signin-agent').fill('alice');
+    await tab.getByTestId('signin-token').fill(ALICE);
+    await tab.getByTestId('signin-submit').click();
+    await tab.waitForURL(BASE + '/');
+    await live(tab);
+    await tab.keyboard.press('Shift'); // the agent's first touch lets the page make sound
+
+    const seen = await offer({ caller: '+15550000005' });
+    await ringing(seen.id).waitFor();
+    assert.deepEqual(await tab.evaluate(() => window.__notifications), [], 'no notification in a visible tab');
+    assert.equal(await tab.evaluate(() => window.__tones), 0, 'no tone in a visible tab');
+    await answer(seen.id);
+
+    await tab.evaluate(() => {
+      window.__hidden = true;
+      document.dispatchEvent(new Event('visibilitychange'));
+    });
+    const unseen = await offer({ caller: '+15550000006' });
+    await ringing(unseen.id).waitFor();
+    await tab.waitForFunction(() => window.__notifications.length > 0);
+    const [notification] = await tab.evaluate(() => window.__notifications);
+    assert.equal(notification.title, 'Incoming call');
+    assert.ok(notification.body.includes('+15550000006'), `the caller is in it: ${notification.body}`);
+    assert.ok((await tab.evaluate(() => window.__tones)) > 0, 'a tone played');
+    await answer(unseen.id);
+  } finally {
+    await context.close();
+  }
+});
+
 test('no page error or dialog happened', TEST, () => {
   assert.deepEqual(problems, []);
 });
