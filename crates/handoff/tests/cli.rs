@@ -1,6 +1,6 @@
 //! The command line end to end against the real binary: `serve` on an empty data directory
-//! (admin token printed and stored), `admin` to set up, `agent` receiving and accepting the pop,
-//! `ivr` handing off a call.
+//! (admin token printed and stored), `admin` to set up, `agent` receiving and accepting the pop
+//! (on its own, and by keystroke), `ivr` handing off a call.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -99,6 +99,38 @@ fn run_ok(command: &mut Command) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// The interaction once it is in `state`, read over HTTP with the admin token; panics after
+/// [`PATIENCE`].
+fn wait_for_state(server: &Server, id: &str, state: &str) -> Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let view: Value = http
+                .get(format!("{}/v1/interactions/{id}", server.url))
+                .bearer_auth(&server.admin_token)
+                .send()
+                .await
+                .expect("the server answers")
+                .json()
+                .await
+                .expect("JSON");
+            if view["state"] == state {
+                return view;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {state}: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }
 
 #[test]
@@ -215,6 +247,53 @@ fn serve_admin_agent_and_ivr_hand_off_a_call_from_the_command_line() {
     }
     let _ = agent.kill();
     let _ = agent.wait();
+
+    // Without --auto-accept, the agent accepts by keystroke: "a" and Enter on its terminal.
+    admin(&["agent", "put", "bob", "--name", "Bob Jones"]);
+    let bob_token = String::from_utf8(admin(&["agent", "token", "bob"]).stdout).unwrap();
+    let mut bob = handoff()
+        .args(["agent", "--agent", "bob"])
+        .env("HANDOFF_URL", &server.url)
+        .env("HANDOFF_TOKEN", bob_token.trim())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bob_out = lines_of(bob.stdout.take().unwrap());
+    let mut bob_keys = bob.stdin.take().unwrap();
+    let wait_for_screen = |needle: &str| {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut screen = String::new();
+        while !screen.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bob's terminal never showed {needle:?}: {screen}"
+            );
+            if let Ok(line) = bob_out.recv_timeout(Duration::from_millis(100)) {
+                screen.push_str(&line);
+                screen.push('\n');
+            }
+        }
+    };
+    wait_for_screen("connected");
+    let offered = run_ok(
+        handoff()
+            .args(["ivr", "--to", "agent:bob", "--caller", "+15550009999"])
+            .env("HANDOFF_URL", &server.url)
+            .env("HANDOFF_TOKEN", &ivr_token),
+    );
+    let offered: Value = serde_json::from_slice(&offered.stdout).expect("ivr prints JSON");
+    assert_eq!(offered["state"], "offered", "{offered}");
+    wait_for_screen("+15550009999");
+    use std::io::Write;
+    bob_keys.write_all(b"a\n").unwrap();
+    bob_keys.flush().unwrap();
+    let id = offered["id"].as_str().unwrap();
+    let accepted = wait_for_state(&server, id, "accepted");
+    assert_eq!(accepted["agent"]["id"], "bob", "{accepted}");
+    let _ = bob.kill();
+    let _ = bob.wait();
 }
 
 #[test]
