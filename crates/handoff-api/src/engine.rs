@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,10 @@ use crate::wire;
 
 /// How long an idempotency record answers retries.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+/// Room in an agent's live feed: events for one agent beyond this, not yet taken by its
+/// slowest stream, make that stream catch up from the log instead. An agent gets few events
+/// (its pops and its presence), and each open agent pays for this room.
+const AGENT_FEED_CAPACITY: usize = 32;
 /// Most commands folded into one batch.
 const MAX_GROUP: usize = 512;
 /// Most batches handed to the store and not yet known durable. One is being written while the
@@ -99,16 +103,49 @@ enum Request {
     },
 }
 
-/// What readers share with the engine: the committed state and the live feed.
+/// What readers share with the engine: the committed state and the live feeds.
 pub struct Shared {
     committed: RwLock<State>,
     head: AtomicU64,
+    /// Every committed event: the Server-Sent Events and the interaction long polls.
     live: broadcast::Sender<Arc<LiveEvent>>,
+    /// Per agent with an open stream, the committed events for that agent only: a stream
+    /// never wakes for another agent's events.
+    agent_feeds: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
     /// Key ids revoked; open streams of those keys close.
     revoked: broadcast::Sender<Arc<Vec<String>>>,
     /// `queue.stats` events: not in the log, no `seq`, never replayed.
     stats: broadcast::Sender<Arc<StatsEvent>>,
     pub keys: crate::auth::KeyRing,
+}
+
+/// One stream's subscription to an agent's live feed; the feed goes when its last one does.
+pub struct AgentFeed {
+    receiver: Option<broadcast::Receiver<Arc<LiveEvent>>>,
+    agent: String,
+    shared: Arc<Shared>,
+}
+
+impl AgentFeed {
+    pub async fn recv(&mut self) -> Result<Arc<LiveEvent>, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for AgentFeed {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut feeds = self.shared.agent_feeds();
+        if feeds
+            .get(&self.agent)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            feeds.remove(&self.agent);
+        }
+    }
 }
 
 /// A `queue.stats` event as live subscribers receive it.
@@ -132,8 +169,60 @@ impl Shared {
         self.head.load(Ordering::Acquire)
     }
 
+    /// Every committed event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
+    }
+
+    /// The committed events for `agent` from now on. A receiver that falls more than
+    /// `AGENT_FEED_CAPACITY` events behind gets `Lagged`, as with `subscribe`.
+    pub fn subscribe_agent(self: &Arc<Self>, agent: &AgentId) -> AgentFeed {
+        let mut feeds = self.agent_feeds();
+        let receiver = match feeds.get(agent.as_str()) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = broadcast::channel(AGENT_FEED_CAPACITY);
+                feeds.insert(agent.to_string(), sender);
+                receiver
+            }
+        };
+        AgentFeed {
+            receiver: Some(receiver),
+            agent: agent.to_string(),
+            shared: self.clone(),
+        }
+    }
+
+    fn agent_feeds(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<LiveEvent>>>> {
+        self.agent_feeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands committed events to the live feeds: all of them to `live`, each to the feed of
+    /// every agent it is for.
+    fn publish_live(&self, events: Vec<Arc<LiveEvent>>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let feeds = self.agent_feeds();
+            if !feeds.is_empty() {
+                for event in &events {
+                    for agent in &event.agents {
+                        if let Some(feed) = feeds.get(agent) {
+                            // Nobody listening (a feed closing) is fine.
+                            let _ = feed.send(event.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for event in events {
+            let _ = self.live.send(event);
+        }
     }
 
     pub fn subscribe_stats(&self) -> broadcast::Receiver<Arc<StatsEvent>> {
@@ -258,6 +347,7 @@ pub async fn start(
         committed: RwLock::new(state.clone()),
         head: AtomicU64::new(after),
         live,
+        agent_feeds: Mutex::new(HashMap::new()),
         revoked,
         stats,
         keys,
@@ -695,11 +785,12 @@ impl EngineTask {
         if let Some(last) = events.last() {
             self.shared.head.store(last.seq.get(), Ordering::Release);
         }
+        let mut live = Vec::with_capacity(events.len());
         for staged in events {
             if matches!(staged.event, Event::InteractionCreated { .. }) {
                 metrics::counter!("handoff_interactions_created_total").increment(1);
             }
-            let _ = self.shared.live.send(Arc::new(LiveEvent {
+            live.push(Arc::new(LiveEvent {
                 seq: staged.seq.get(),
                 event_type: staged.event.type_name().to_owned(),
                 subject: staged.event.subject().to_owned(),
@@ -708,6 +799,7 @@ impl EngineTask {
                 created_at: staged.created_at,
             }));
         }
+        self.shared.publish_live(live);
         if !trusted {
             fail_replies(
                 replies,

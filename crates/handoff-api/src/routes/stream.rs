@@ -117,8 +117,10 @@ impl AgentStream {
             .acts_for_agent
             .then(|| self.state.connections.opened(self.agent.clone()));
         // Subscribe before reading the log: whatever commits from now on is in `live`, whatever
-        // committed before is in the store; `last_sent` drops what is in both.
-        let mut live = self.state.shared.subscribe();
+        // committed before is in the store; `last_sent` drops what is in both. The agent's own
+        // feed carries only its events; one that overflows says `Lagged`, and the stream
+        // catches up from the log, as at the start.
+        let mut live = self.state.shared.subscribe_agent(&self.agent);
         let mut revocations = self.state.shared.subscribe_revocations();
         let mut shutdown = self.state.shutdown.clone();
         if self.catch_up(&mut socket).await.is_err() {
@@ -154,6 +156,7 @@ impl AgentStream {
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
+                        metrics::counter!("handoff_stream_catch_ups_total").increment(1);
                         if self.catch_up(&mut socket).await.is_err() {
                             break None;
                         }
