@@ -1,15 +1,29 @@
 //! The engine: the one task that changes the state. It takes commands from a bounded channel,
-//! runs as many as are waiting against its working copy of the state, commits their events and
-//! side rows in one store transaction (group commit), and only then applies them to the
+//! runs as many as are waiting against its working copy of the state, hands their events and
+//! side rows to the store as one batch, and only once that batch is durable applies it to the
 //! committed state that readers see, answers the callers and publishes the events live.
+//!
+//! Commits are pipelined: while batch N is being made durable, the engine keeps running the
+//! next commands against its working state and hands batch N+1 to the store (at most
+//! `MAX_IN_FLIGHT` batches at once). Results are taken strictly in the order the batches were
+//! handed over, so callers are answered, the committed state moves and events are published in
+//! `seq` order, each only once its batch is durable. A failed batch fails its callers; every
+//! batch after it that was computed on top of its events fails too (the store refuses them, as
+//! they no longer continue the log), and once nothing is in flight the working state is rebuilt
+//! from the committed one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use handoff_core::{AgentId, Command, CommandError, Event, InteractionId, Seq, State, Timestamp};
-use handoff_store::{Batch, IdempotencyRecord, KeyRecord, OfferDeadline, Store, StoredEvent};
+use handoff_store::{
+    Batch, IdempotencyRecord, KeyRecord, OfferDeadline, Store, StoreError, StoredEvent,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::shutdown::Shutdown;
@@ -17,8 +31,16 @@ use crate::wire;
 
 /// How long an idempotency record answers retries.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
-/// Most commands folded into one transaction.
+/// Room in an agent's live feed: events for one agent beyond this, not yet taken by its
+/// slowest stream, make that stream catch up from the log instead. An agent gets few events
+/// (its pops and its presence), and each open agent pays for this room.
+const AGENT_FEED_CAPACITY: usize = 32;
+/// Most commands folded into one batch.
 const MAX_GROUP: usize = 512;
+/// Most batches handed to the store and not yet known durable. One is being written while the
+/// next ones queue behind it (and are written together by the store's group commit); more
+/// would only let the working state run further ahead of what is durable.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// A committed event as live subscribers receive it.
 #[derive(Debug)]
@@ -81,16 +103,49 @@ enum Request {
     },
 }
 
-/// What readers share with the engine: the committed state and the live feed.
+/// What readers share with the engine: the committed state and the live feeds.
 pub struct Shared {
     committed: RwLock<State>,
     head: AtomicU64,
+    /// Every committed event: the Server-Sent Events and the interaction long polls.
     live: broadcast::Sender<Arc<LiveEvent>>,
+    /// Per agent with an open stream, the committed events for that agent only: a stream
+    /// never wakes for another agent's events.
+    agent_feeds: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
     /// Key ids revoked; open streams of those keys close.
     revoked: broadcast::Sender<Arc<Vec<String>>>,
     /// `queue.stats` events: not in the log, no `seq`, never replayed.
     stats: broadcast::Sender<Arc<StatsEvent>>,
     pub keys: crate::auth::KeyRing,
+}
+
+/// One stream's subscription to an agent's live feed; the feed goes when its last one does.
+pub struct AgentFeed {
+    receiver: Option<broadcast::Receiver<Arc<LiveEvent>>>,
+    agent: String,
+    shared: Arc<Shared>,
+}
+
+impl AgentFeed {
+    pub async fn recv(&mut self) -> Result<Arc<LiveEvent>, broadcast::error::RecvError> {
+        match self.receiver.as_mut() {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for AgentFeed {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut feeds = self.shared.agent_feeds();
+        if feeds
+            .get(&self.agent)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            feeds.remove(&self.agent);
+        }
+    }
 }
 
 /// A `queue.stats` event as live subscribers receive it.
@@ -114,8 +169,60 @@ impl Shared {
         self.head.load(Ordering::Acquire)
     }
 
+    /// Every committed event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.live.subscribe()
+    }
+
+    /// The committed events for `agent` from now on. A receiver that falls more than
+    /// `AGENT_FEED_CAPACITY` events behind gets `Lagged`, as with `subscribe`.
+    pub fn subscribe_agent(self: &Arc<Self>, agent: &AgentId) -> AgentFeed {
+        let mut feeds = self.agent_feeds();
+        let receiver = match feeds.get(agent.as_str()) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = broadcast::channel(AGENT_FEED_CAPACITY);
+                feeds.insert(agent.to_string(), sender);
+                receiver
+            }
+        };
+        AgentFeed {
+            receiver: Some(receiver),
+            agent: agent.to_string(),
+            shared: self.clone(),
+        }
+    }
+
+    fn agent_feeds(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<LiveEvent>>>> {
+        self.agent_feeds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands committed events to the live feeds: all of them to `live`, each to the feed of
+    /// every agent it is for.
+    fn publish_live(&self, events: Vec<Arc<LiveEvent>>) {
+        if events.is_empty() {
+            return;
+        }
+        {
+            let feeds = self.agent_feeds();
+            if !feeds.is_empty() {
+                for event in &events {
+                    for agent in &event.agents {
+                        if let Some(feed) = feeds.get(agent) {
+                            // Nobody listening (a feed closing) is fine.
+                            let _ = feed.send(event.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for event in events {
+            let _ = self.live.send(event);
+        }
     }
 
     pub fn subscribe_stats(&self) -> broadcast::Receiver<Arc<StatsEvent>> {
@@ -240,6 +347,7 @@ pub async fn start(
         committed: RwLock::new(state.clone()),
         head: AtomicU64::new(after),
         live,
+        agent_feeds: Mutex::new(HashMap::new()),
         revoked,
         stats,
         keys,
@@ -254,6 +362,8 @@ pub async fn start(
         idempotency,
         shutdown,
         pop_url_default,
+        in_flight: VecDeque::new(),
+        failure: None,
     };
     let handle = tokio::spawn(task.run());
     tracing::info!(head_seq = after, "recovered the state from the log");
@@ -270,6 +380,28 @@ struct EngineTask {
     shutdown: Shutdown,
     /// The server's `pop_url` template, for offers whose queue has none.
     pop_url_default: Option<String>,
+    /// Batches handed to the store, oldest first; their results are taken in this order.
+    in_flight: VecDeque<InFlight>,
+    /// Set when a batch failed: no new batch is staged until every batch in flight is
+    /// resolved, then the working state is rebuilt from the committed one.
+    failure: Option<Failure>,
+}
+
+/// What a failed commit leaves for the batches still in flight behind it.
+struct Failure {
+    /// A failed batch carried events: every later batch in flight was computed on top of
+    /// them, so its answers (refusals, idempotent replays) cannot be trusted and its callers
+    /// fail too, even if the store wrote its side rows.
+    events_lost: bool,
+}
+
+type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// A batch handed to the store, with what to do once it is durable.
+struct InFlight {
+    commit: Option<CommitFuture>,
+    group: Group,
+    started: Instant,
 }
 
 /// A reply held back until the batch it belongs to is committed.
@@ -311,14 +443,21 @@ impl EngineTask {
             let sleep_for = wake_at
                 .map(|at| Duration::from_millis((at.millis() - wire::now().millis()).max(0) as u64))
                 .unwrap_or(Duration::from_secs(3600));
+            // A new batch only with room in the pipeline, and never on top of a failed one.
+            let may_stage = self.in_flight.len() < MAX_IN_FLIGHT && self.failure.is_none();
             let mut first = None;
             tokio::select! {
-                request = self.inbox.recv() => match request {
+                biased;
+                result = next_result(&mut self.in_flight), if !self.in_flight.is_empty() => {
+                    self.resolve(result);
+                    continue;
+                }
+                _ = self.shutdown.fired() => break,
+                request = self.inbox.recv(), if may_stage => match request {
                     Some(request) => first = Some(request),
                     None => break,
                 },
-                _ = tokio::time::sleep(sleep_for) => {}
-                _ = self.shutdown.fired() => break,
+                _ = tokio::time::sleep(sleep_for), if may_stage => {}
             }
             let mut group = Group::default();
             let now = wire::now();
@@ -337,11 +476,16 @@ impl EngineTask {
                 // A refused tick changes nothing; there is nobody to tell.
                 let _ = self.run_command(Command::Tick, None, now, &mut group);
             }
-            self.commit(group).await;
+            self.submit(group);
             if purge_at.elapsed() > Duration::from_secs(600) {
                 purge_at = Instant::now();
                 self.purge_idempotency().await;
             }
+        }
+        // Whatever was handed to the store is answered before the engine stops.
+        while !self.in_flight.is_empty() {
+            let result = next_result(&mut self.in_flight).await;
+            self.resolve(result);
         }
         tracing::info!("engine stopped");
     }
@@ -358,7 +502,8 @@ impl EngineTask {
             }
             Request::Ack { agent, seq } => {
                 let known = self.working.agent(&agent).map(|a| a.acked_seq);
-                if known.is_some_and(|acked| seq > acked) && seq.get() <= self.head {
+                // Only a committed seq: one in flight may yet fail and be reused.
+                if known.is_some_and(|acked| seq > acked) && seq.get() <= self.shared.head() {
                     self.working.set_acked(&agent, seq);
                     group.batch.acks.push((agent.to_string(), seq.get()));
                     group.acks.push((agent, seq));
@@ -469,7 +614,17 @@ impl EngineTask {
         self.stage_deadlines(offers_touched, group);
         if let Some(agent) = deleted_agent {
             group.batch.acks_deleted.push(agent.to_string());
-            let tokens = self.shared.keys.for_agent(&agent);
+            let mut tokens = self.shared.keys.for_agent(&agent);
+            // Tokens added but not yet committed are not in the key ring yet.
+            let pending = self
+                .in_flight
+                .iter()
+                .map(|flight| &flight.group.keys_added)
+                .chain([&group.keys_added])
+                .flatten()
+                .filter(|record| record.agent_id.as_deref() == Some(agent.as_str()))
+                .map(|record| record.id.clone());
+            tokens.extend(pending);
             group.batch.keys_revoked.extend(tokens.iter().cloned());
             group.keys_revoked.extend(tokens);
         }
@@ -526,41 +681,85 @@ impl EngineTask {
         }
     }
 
-    async fn commit(&mut self, group: Group) {
+    /// Hands the group's batch to the store; its result is taken by `resolve`, in order.
+    fn submit(&mut self, mut group: Group) {
+        if group.replies.is_empty() && group.events.is_empty() && group.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut group.batch);
+        let mut commit = None;
+        if !batch.is_empty() {
+            let store = self.store.clone();
+            let mut future: CommitFuture = Box::pin(async move { store.commit(batch).await });
+            // Poll once now: the store queues a batch when its commit is first polled, and
+            // batches must reach it in the order they continue the log.
+            let waker = futures_util::task::noop_waker_ref();
+            match future.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Pending => commit = Some(future),
+                Poll::Ready(result) => {
+                    commit = Some(Box::pin(std::future::ready(result)) as CommitFuture)
+                }
+            }
+        }
+        self.in_flight.push_back(InFlight {
+            commit,
+            group,
+            started: Instant::now(),
+        });
+    }
+
+    /// Takes the result of the oldest batch in flight.
+    fn resolve(&mut self, result: Result<(), StoreError>) {
+        let Some(flight) = self.in_flight.pop_front() else {
+            return;
+        };
+        let had_batch = flight.commit.is_some();
+        if had_batch {
+            metrics::histogram!("handoff_commit_seconds")
+                .record(flight.started.elapsed().as_secs_f64());
+        }
+        let group = flight.group;
+        match result {
+            Err(error) => {
+                tracing::error!(%error, "commit failed; the batch is dropped and the state rolled back");
+                let events_lost = !group.events.is_empty();
+                let failure = self.failure.get_or_insert(Failure { events_lost });
+                failure.events_lost |= events_lost;
+                for slot in &group.idempotency_added {
+                    self.idempotency.remove(slot);
+                }
+                fail_replies(group.replies, &error.to_string());
+            }
+            Ok(()) => {
+                let trusted = !self.failure.as_ref().is_some_and(|f| f.events_lost);
+                if !trusted && !group.events.is_empty() {
+                    // The store refuses a batch that does not continue the log, so this
+                    // cannot happen; if it did, the log is the truth and recovery would
+                    // replay these events, so they are published like any other.
+                    tracing::error!("a batch committed after a failed batch it was built on");
+                }
+                self.publish(group, trusted);
+            }
+        }
+        if self.in_flight.is_empty() && self.failure.take().is_some() {
+            // Nothing in flight: go back to what is committed.
+            self.working = self.shared.state().clone();
+            self.head = self.shared.head();
+        }
+    }
+
+    /// Applies a durable group to the committed state, publishes its events and answers its
+    /// callers (with a store error unless `trusted`).
+    fn publish(&mut self, group: Group, trusted: bool) {
         let Group {
-            batch,
+            batch: _,
             replies,
             events,
             acks,
-            idempotency_added,
+            idempotency_added: _,
             keys_added,
             keys_revoked,
         } = group;
-        if !batch.is_empty() {
-            let started = Instant::now();
-            let result = self.store.commit(batch).await;
-            metrics::histogram!("handoff_commit_seconds").record(started.elapsed().as_secs_f64());
-            if let Err(error) = result {
-                tracing::error!(%error, "commit failed; the batch is dropped and the state rolled back");
-                // Nothing of the batch was written: go back to what is committed.
-                self.working = self.shared.state().clone();
-                self.head = self.shared.head();
-                for slot in idempotency_added {
-                    self.idempotency.remove(&slot);
-                }
-                for reply in replies {
-                    match reply {
-                        PendingReply::Execute(reply, _) => {
-                            let _ = reply.send(Err(EngineError::Store(error.to_string())));
-                        }
-                        PendingReply::Unit(reply) => {
-                            let _ = reply.send(Err(EngineError::Store(error.to_string())));
-                        }
-                    }
-                }
-                return;
-            }
-        }
         {
             let mut committed = self
                 .shared
@@ -583,12 +782,15 @@ impl EngineTask {
             }
             let _ = self.shared.revoked.send(Arc::new(keys_revoked));
         }
-        self.shared.head.store(self.head, Ordering::Release);
+        if let Some(last) = events.last() {
+            self.shared.head.store(last.seq.get(), Ordering::Release);
+        }
+        let mut live = Vec::with_capacity(events.len());
         for staged in events {
             if matches!(staged.event, Event::InteractionCreated { .. }) {
                 metrics::counter!("handoff_interactions_created_total").increment(1);
             }
-            let _ = self.shared.live.send(Arc::new(LiveEvent {
+            live.push(Arc::new(LiveEvent {
                 seq: staged.seq.get(),
                 event_type: staged.event.type_name().to_owned(),
                 subject: staged.event.subject().to_owned(),
@@ -596,6 +798,14 @@ impl EngineTask {
                 payload: staged.payload,
                 created_at: staged.created_at,
             }));
+        }
+        self.shared.publish_live(live);
+        if !trusted {
+            fail_replies(
+                replies,
+                "an earlier batch this one was built on failed to commit",
+            );
+            return;
         }
         for reply in replies {
             match reply {
@@ -615,6 +825,30 @@ impl EngineTask {
             .retain(|_, entry| entry.created_ms >= cutoff);
         if let Err(error) = self.store.purge_idempotency(cutoff).await {
             tracing::warn!(%error, "could not purge old idempotency records");
+        }
+    }
+}
+
+/// The result of the oldest batch in flight; a batch with nothing to write is durable at once.
+async fn next_result(in_flight: &mut VecDeque<InFlight>) -> Result<(), StoreError> {
+    match in_flight
+        .front_mut()
+        .and_then(|flight| flight.commit.as_mut())
+    {
+        Some(commit) => commit.await,
+        None => Ok(()),
+    }
+}
+
+fn fail_replies(replies: Vec<PendingReply>, reason: &str) {
+    for reply in replies {
+        match reply {
+            PendingReply::Execute(reply, _) => {
+                let _ = reply.send(Err(EngineError::Store(reason.to_owned())));
+            }
+            PendingReply::Unit(reply) => {
+                let _ = reply.send(Err(EngineError::Store(reason.to_owned())));
+            }
         }
     }
 }

@@ -21,5 +21,5 @@ pub use event::{Event, OfferEndReason, Routing};
 pub use ids::{AgentId, IdError, InteractionId, QueueName, Seq, SkillLevel, Timestamp};
 pub use interaction::{Interaction, InteractionSpec, InteractionState, Target};
 pub use queue::{EscalationStep, QueueConfig, QueueConfigError, Strategy};
-pub use state::{Calendar, Settings, State, UtcCalendar};
+pub use state::{Calendar, MemberCounts, Settings, State, UtcCalendar};
 pub use stats::{QueueStatistics, Window, WindowPair};

@@ -107,6 +107,46 @@ pub struct State {
     /// Agents looked at by routing decisions, in total (a cost measure for tests and benches).
     examined: u64,
     stats: QueueStatistics,
+    /// Per queue, its members by presence and by activity, kept up to date by `apply`, so
+    /// statistics never walk the agents.
+    member_counts: HashMap<QueueName, MemberCounts>,
+}
+
+/// A queue's members (agents that meet some level of it) by presence and by activity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberCounts {
+    pub available: u64,
+    pub away: u64,
+    pub busy: u64,
+    pub offline: u64,
+    pub idle: u64,
+    pub offered: u64,
+    pub engaged: u64,
+    pub wrap_up: u64,
+}
+
+impl MemberCounts {
+    fn add(&mut self, presence: PresenceStatus, activity: Activity, up: bool) {
+        let by_presence = match presence {
+            PresenceStatus::Available => &mut self.available,
+            PresenceStatus::Away => &mut self.away,
+            PresenceStatus::Busy => &mut self.busy,
+            PresenceStatus::Offline => &mut self.offline,
+        };
+        let by_activity = match activity {
+            Activity::Idle => &mut self.idle,
+            Activity::Offered => &mut self.offered,
+            Activity::Engaged => &mut self.engaged,
+            Activity::WrapUp => &mut self.wrap_up,
+        };
+        for count in [by_presence, by_activity] {
+            *count = if up {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+        }
+    }
 }
 
 impl State {
@@ -129,7 +169,45 @@ impl State {
             today: 0,
             examined: 0,
             stats: QueueStatistics::new(),
+            member_counts: HashMap::new(),
         }
+    }
+
+    /// The queue's members by presence and by activity, as walking `queue_members` would
+    /// count them, in O(1).
+    pub fn member_counts(&self, name: &QueueName) -> MemberCounts {
+        self.member_counts.get(name).copied().unwrap_or_default()
+    }
+
+    /// Adds the agent to (or takes it from) the counts of every queue it is a member of.
+    fn count_member(&mut self, agent_id: &AgentId, up: bool) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        let Some(queues) = self.memberships.get(agent_id) else {
+            return;
+        };
+        let presence = agent.presence.status;
+        let activity = self.activity(agent_id);
+        for name in queues {
+            self.member_counts
+                .entry(name.clone())
+                .or_default()
+                .add(presence, activity, up);
+        }
+    }
+
+    /// Counts a queue's members from scratch (its configuration changed).
+    fn recount_queue(&mut self, name: &QueueName) {
+        let mut counts = MemberCounts::default();
+        for agent in self.queue_members(name) {
+            counts.add(
+                agent.presence.status,
+                self.activity(&agent.profile.id),
+                true,
+            );
+        }
+        self.member_counts.insert(name.clone(), counts);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -1163,6 +1241,37 @@ impl State {
     /// Applies one event and returns the agents it is for: those the interaction was offered or
     /// assigned to just before or just after it, or the agent whose presence changed.
     pub fn apply(&mut self, event: &Event) -> Vec<AgentId> {
+        // Only the agents an event names, or the holders of its interaction, can change
+        // presence, activity or membership: they leave the member counts before it and come
+        // back after it.
+        let mut touched: Vec<AgentId> = event
+            .interaction_id()
+            .and_then(|id| self.interactions.get(id))
+            .map(|interaction| holders(interaction).into_iter().collect())
+            .unwrap_or_default();
+        if let Some(agent) = named_agent(event) {
+            if !touched.contains(agent) {
+                touched.push(agent.clone());
+            }
+        }
+        for agent in &touched {
+            self.count_member(agent, false);
+        }
+        let recipients = self.apply_event(event);
+        for agent in &touched {
+            self.count_member(agent, true);
+        }
+        match event {
+            Event::QueueUpserted { config, .. } => self.recount_queue(&config.name),
+            Event::QueueDeleted { name, .. } => {
+                self.member_counts.remove(name);
+            }
+            _ => {}
+        }
+        recipients
+    }
+
+    fn apply_event(&mut self, event: &Event) -> Vec<AgentId> {
         match event {
             Event::AgentCreated { profile, presence } => {
                 let agent = Agent {
@@ -1654,6 +1763,25 @@ impl State {
                 index.set_routable(agent, room.clone(), self.today);
             }
         }
+    }
+}
+
+/// The agent an event names, if any.
+fn named_agent(event: &Event) -> Option<&AgentId> {
+    match event {
+        Event::AgentCreated { profile, .. } | Event::AgentUpdated { profile, .. } => {
+            Some(&profile.id)
+        }
+        Event::AgentDeleted { agent, .. }
+        | Event::PresenceChanged { agent, .. }
+        | Event::InteractionOffered { agent, .. }
+        | Event::OfferRevoked { agent, .. }
+        | Event::InteractionAccepted { agent, .. }
+        | Event::InteractionRejected { agent, .. }
+        | Event::InteractionEnded { agent, .. }
+        | Event::InteractionCompleted { agent, .. } => Some(agent),
+        Event::InteractionTransferred { from, .. } => Some(from),
+        _ => None,
     }
 }
 

@@ -487,6 +487,30 @@ fn check_decision(
 
 /// The routing invariants of the state after a command.
 fn check_invariants(state: &State, now: Timestamp, context: &str) {
+    // The member counts kept by `apply` are what walking the members gives.
+    for queue in state.queues() {
+        let mut walked = handoff_core::MemberCounts::default();
+        for agent in state.queue_members(&queue.name) {
+            match agent.presence.status {
+                PresenceStatus::Available => walked.available += 1,
+                PresenceStatus::Away => walked.away += 1,
+                PresenceStatus::Busy => walked.busy += 1,
+                PresenceStatus::Offline => walked.offline += 1,
+            }
+            match state.activity(&agent.profile.id) {
+                handoff_core::Activity::Idle => walked.idle += 1,
+                handoff_core::Activity::Offered => walked.offered += 1,
+                handoff_core::Activity::Engaged => walked.engaged += 1,
+                handoff_core::Activity::WrapUp => walked.wrap_up += 1,
+            }
+        }
+        assert_eq!(
+            state.member_counts(&queue.name),
+            walked,
+            "member counts of {}: {context}",
+            queue.name
+        );
+    }
     // Holding is consistent with the interactions, and capacity is never exceeded.
     for agent in state.agents() {
         let id = &agent.profile.id;
@@ -1882,4 +1906,3 @@ fn cost_with_per_channel_capacity_grows_less_than_3x() {
         cost_per_channel,
     );
 }
-

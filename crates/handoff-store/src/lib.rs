@@ -136,6 +136,9 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Writes the whole batch in one transaction, durably; concurrent callers may be grouped
     /// into one transaction (group commit). Either all of a batch is written or none of it.
+    /// A batch is queued when the returned future is first polled: batches queued one after
+    /// another by one caller are written in that order, so a caller may keep several in
+    /// flight (a batch whose events do not continue the log is refused, never reordered).
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
     /// The highest `seq` in the log, 0 when empty.
     async fn head(&self) -> Result<SeqNumber, StoreError>;

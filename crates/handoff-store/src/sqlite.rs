@@ -457,6 +457,7 @@ impl Writer {
         let size = group.len();
         let mut head = self.head;
         let mut written = Vec::with_capacity(size);
+        let mut events = 0usize;
 
         let mut tx = match self
             .conn
@@ -489,6 +490,7 @@ impl Writer {
                             if let Some(last) = batch.events.last() {
                                 head = last.seq;
                             }
+                            events += batch.events.len();
                             written.push(Written::Commit(reply));
                         }
                         Err(SavepointError::RolledBack(e)) => {
@@ -529,6 +531,7 @@ impl Writer {
                 self.head = head;
                 self.shared_head.store(head, Ordering::Release);
                 written.into_iter().for_each(Written::succeed);
+                metrics::histogram!("handoff_store_events_per_commit").record(events as f64);
             }
             Err(reason) => {
                 tracing::error!(error = %reason, batches = written.len(), "store: transaction failed");

@@ -4,7 +4,7 @@
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use handoff_core::{Activity, Command, Event, PresenceStatus, QueueName, Timestamp, Window};
+use handoff_core::{Command, Event, QueueName, Timestamp, Window};
 use handoff_protocol::{
     AgentCounts, PutQueueRequest, QueueList, QueueStats, QueueView, StatsWindow,
 };
@@ -253,23 +253,17 @@ pub(crate) fn queue_stats(
         let entered = caller.entered_queue_at.unwrap_or(caller.waiting_since);
         longest_wait_ms = longest_wait_ms.max(now.millis() - entered.millis());
     }
-    let mut agents = AgentCounts::default();
-    for agent in committed.queue_members(name) {
-        let by_presence = match agent.presence.status {
-            PresenceStatus::Available => &mut agents.available,
-            PresenceStatus::Away => &mut agents.away,
-            PresenceStatus::Busy => &mut agents.busy,
-            PresenceStatus::Offline => &mut agents.offline,
-        };
-        *by_presence += 1;
-        let by_activity = match committed.activity(&agent.profile.id) {
-            Activity::Idle => &mut agents.idle,
-            Activity::Offered => &mut agents.offered,
-            Activity::Engaged => &mut agents.engaged,
-            Activity::WrapUp => &mut agents.wrap_up,
-        };
-        *by_activity += 1;
-    }
+    let counts = committed.member_counts(name);
+    let agents = AgentCounts {
+        available: counts.available,
+        away: counts.away,
+        busy: counts.busy,
+        offline: counts.offline,
+        idle: counts.idle,
+        offered: counts.offered,
+        engaged: counts.engaged,
+        wrap_up: counts.wrap_up,
+    };
     let pair = committed.queue_stats(name, now, day_start);
     Some(QueueStats {
         queue: name.to_string(),

@@ -23,6 +23,12 @@ use crate::wire::now;
 use crate::AppState;
 
 const REPLAY_PAGE: usize = 500;
+/// Per connection: what the socket reads into. Clients send acks of a few dozen bytes.
+const WS_READ_BUFFER: usize = 2048;
+/// Per connection: the most queued for a socket whose writes fail, a few large pops.
+const WS_MAX_WRITE_BUFFER: usize = 4 << 20;
+/// The largest frame or message a client may send (an ack is tiny).
+const WS_MAX_INCOMING: usize = 64 << 10;
 
 #[derive(Deserialize)]
 pub struct StreamQuery {
@@ -84,6 +90,15 @@ pub async fn open(
             format!("this route is a WebSocket: {rejection}"),
         )
     })?;
+    // Sized for many idle agents: tungstenite allocates (and touches) its whole read buffer per
+    // connection, 128 KiB by default, though a client only ever sends small acks. Writes go out
+    // at once (each send is flushed anyway); a write buffer that cannot drain is bounded.
+    let upgrade = upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
+        .max_message_size(WS_MAX_INCOMING)
+        .max_frame_size(WS_MAX_INCOMING);
     // A supervisor watches; only the agent (or an admin acting for it) is "connected" and acks.
     let acts_for_agent = principal.role != Role::Supervisor;
     Ok(upgrade.on_upgrade(move |socket| async move {
@@ -117,8 +132,10 @@ impl AgentStream {
             .acts_for_agent
             .then(|| self.state.connections.opened(self.agent.clone()));
         // Subscribe before reading the log: whatever commits from now on is in `live`, whatever
-        // committed before is in the store; `last_sent` drops what is in both.
-        let mut live = self.state.shared.subscribe();
+        // committed before is in the store; `last_sent` drops what is in both. The agent's own
+        // feed carries only its events; one that overflows says `Lagged`, and the stream
+        // catches up from the log, as at the start.
+        let mut live = self.state.shared.subscribe_agent(&self.agent);
         let mut revocations = self.state.shared.subscribe_revocations();
         let mut shutdown = self.state.shutdown.clone();
         if self.catch_up(&mut socket).await.is_err() {
@@ -154,6 +171,7 @@ impl AgentStream {
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
+                        metrics::counter!("handoff_stream_catch_ups_total").increment(1);
                         if self.catch_up(&mut socket).await.is_err() {
                             break None;
                         }

@@ -2,6 +2,7 @@
 //! temporary data directory and the real SQLite store.
 
 mod bad_input;
+mod commit_failure;
 mod handoff_flow;
 mod isolation;
 mod pop_url;

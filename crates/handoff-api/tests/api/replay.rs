@@ -114,3 +114,55 @@ async fn readers_joining_at_random_after_values_see_the_log_filtered_for_their_a
         assert_eq!(seqs, expected, "reader of {agent} after {after}");
     }
 }
+
+/// An agent's live feed holds few events; a burst of commits for one agent larger than that
+/// makes its stream catch up from the log, and it still sees the log's events for it exactly
+/// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_behind_a_burst_for_its_agent_sees_every_event_once_in_order() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let token = app.agent("busy", true).await;
+    let (status, _) = app
+        .put(
+            "/v1/agents/busy",
+            &app.admin,
+            json!({"name": "busy", "capacity": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ivr = app.key("ivr").await;
+    let start = app.head().await;
+    let mut ws = app.stream("busy", &token, Some(start)).await;
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let app = app.clone();
+        let ivr = ivr.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..25 {
+                app.create_interaction(
+                    &ivr,
+                    json!({"caller": format!("{w}-{n}"), "target": {"agent": "busy"}}),
+                )
+                .await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let log: Vec<u64> = app
+        .store
+        .agent_events_after("busy", start, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(log.len() >= 400, "{} events for the agent", log.len());
+    let mut seen = Vec::new();
+    while seen.len() < log.len() {
+        let event = next_event(&mut ws).await;
+        seen.push(event["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seen, log);
+}

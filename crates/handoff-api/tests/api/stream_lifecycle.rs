@@ -320,3 +320,40 @@ async fn revoking_a_key_ends_its_open_event_stream() {
     }
     app.stop().await;
 }
+
+/// The socket is sized for small acks: a client frame above 64 KiB ends the stream, while
+/// pops far larger than the read buffer still go out whole.
+#[tokio::test]
+async fn an_oversized_client_frame_ends_the_stream_and_large_pops_still_arrive() {
+    use futures_util::SinkExt;
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let mut ws = app.stream("alice", &alice, None).await;
+    let big = "x".repeat(60_000);
+    app.create_interaction(
+        &ivr,
+        json!({"caller": "+1555", "target": {"agent": "alice"}, "context": {"notes": big}}),
+    )
+    .await;
+    let pop = next_of_type(&mut ws, "interaction.offered").await;
+    assert_eq!(
+        pop["data"]["interaction"]["context"]["notes"]
+            .as_str()
+            .map(str::len),
+        Some(60_000)
+    );
+    ws.send(Message::Text("y".repeat(100 << 10).into()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open");
+}

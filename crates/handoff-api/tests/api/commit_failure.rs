@@ -1,0 +1,198 @@
+//! Pipelined commits and a failing store: a failed batch fails its callers, every batch in
+//! flight behind it that was built on its events fails too, and the committed state, the log
+//! and the next `seq` stay as if none of them had been tried.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use handoff_api::engine::EngineError;
+use handoff_api::{ApiSettings, Running};
+use handoff_core::{AgentId, AgentProfile, Capacity, Command, PresenceSource, PresenceStatus};
+use handoff_store::{
+    Batch, Durability, IdempotencyRecord, KeyRecord, OfferDeadline, SeqNumber, Store, StoreEngine,
+    StoreError, StoredEvent,
+};
+use tokio::sync::oneshot;
+
+use crate::support::PATIENCE;
+
+/// The real store, except that the next batch with events can be held and then failed
+/// without being written.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    hold_next: Mutex<Option<oneshot::Receiver<()>>>,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyStore {
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let gate = if batch.events.is_empty() {
+            None
+        } else {
+            self.hold_next.lock().unwrap().take()
+        };
+        match gate {
+            Some(gate) => {
+                let _ = gate.await;
+                Err(StoreError::Backend("injected failure".to_owned()))
+            }
+            None => self.inner.commit(batch).await,
+        }
+    }
+    async fn head(&self) -> Result<SeqNumber, StoreError> {
+        self.inner.head().await
+    }
+    async fn events_after(
+        &self,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn agent_events_after(
+        &self,
+        agent_id: &str,
+        after: SeqNumber,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.agent_events_after(agent_id, after, limit).await
+    }
+    async fn subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.subject_events(subject).await
+    }
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.keys().await
+    }
+    async fn acks(&self) -> Result<Vec<(String, SeqNumber)>, StoreError> {
+        self.inner.acks().await
+    }
+    async fn idempotency_since(&self, since_ms: i64) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.inner.idempotency_since(since_ms).await
+    }
+    async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.inner.purge_idempotency(before_ms).await
+    }
+    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
+        self.inner.offer_deadlines().await
+    }
+}
+
+fn upsert(id: &str) -> Command {
+    Command::UpsertAgent {
+        profile: AgentProfile {
+            id: AgentId::parse(id).unwrap(),
+            name: format!("Agent {id}"),
+            address: None,
+            skills: BTreeMap::new(),
+            capacity: Capacity::Total(1),
+        },
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_every_batch_built_on_it_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = handoff_store::open(StoreEngine::Sqlite {
+        data_dir: dir.path().to_path_buf(),
+        durability: Durability::Fsync,
+    })
+    .await
+    .unwrap();
+    let flaky = Arc::new(FlakyStore {
+        inner: inner.clone(),
+        hold_next: Mutex::new(None),
+        calls: AtomicUsize::new(0),
+    });
+    let running = Running::start(flaky.clone(), ApiSettings::default())
+        .await
+        .unwrap();
+    let engine = running.state.engine.clone();
+    let shared = running.state.shared.clone();
+
+    engine.execute(upsert("before")).await.expect("a commit");
+    let head = shared.head();
+    assert!(head >= 1);
+
+    // Batch N is held in the store, then fails.
+    let (release, gate) = oneshot::channel();
+    *flaky.hold_next.lock().unwrap() = Some(gate);
+    let calls = flaky.calls.load(Ordering::SeqCst);
+    let held = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.execute(upsert("lost")).await }
+    });
+    eventually("batch N reaches the store", || {
+        flaky.calls.load(Ordering::SeqCst) == calls + 1
+    })
+    .await;
+    // Batch N+1 is built on N (the agent exists only in the working state) and is handed to
+    // the store while N is still in flight.
+    let built_on = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .execute(Command::SetPresence {
+                    agent: AgentId::parse("lost").unwrap(),
+                    status: PresenceStatus::Available,
+                    reason: None,
+                    source: PresenceSource::Admin,
+                })
+                .await
+        }
+    });
+    eventually("batch N+1 reaches the store while N is in flight", || {
+        flaky.calls.load(Ordering::SeqCst) == calls + 2
+    })
+    .await;
+    assert!(!held.is_finished() && !built_on.is_finished());
+    release.send(()).unwrap();
+
+    let held = held.await.unwrap();
+    assert!(matches!(held, Err(EngineError::Store(_))), "{held:?}");
+    let built_on = built_on.await.unwrap();
+    assert!(
+        matches!(built_on, Err(EngineError::Store(_))),
+        "{built_on:?}"
+    );
+
+    // Nothing of N or N+1 is committed, and the working state was rebuilt: the agent is
+    // unknown again and the next event continues the log at the same seq.
+    assert_eq!(shared.head(), head);
+    assert!(shared
+        .state()
+        .agent(&AgentId::parse("lost").unwrap())
+        .is_none());
+    let refused = engine
+        .execute(Command::SetPresence {
+            agent: AgentId::parse("lost").unwrap(),
+            status: PresenceStatus::Available,
+            reason: None,
+            source: PresenceSource::Admin,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(EngineError::Refused(_))),
+        "{refused:?}"
+    );
+    let after = engine.execute(upsert("after")).await.expect("a commit");
+    assert_eq!(
+        after.events.first().map(|(seq, _)| seq.get()),
+        Some(head + 1)
+    );
+    let log = inner.events_after(0, 100).await.unwrap();
+    assert_eq!(log.last().map(|e| e.seq), Some(shared.head()));
+    assert!(log.iter().all(|e| e.subject != "lost"));
+    running.shutdown().await;
+}
