@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use agents::{Api, Desk};
 use open_loop::{Outcome, Tracker};
 use progress::Bar;
-use report::{Report, ServerCost, SystemResult};
+use report::{Report, Run, ServerCost, SystemResult};
 use server::{ServerOptions, ServerProcess};
 
 /// One process holds about 20,000 sockets here: the agents' streams and the IVR's connections
@@ -44,6 +44,7 @@ const MAX_AGENTS: usize = 10_000;
 const MAX_RATE: f64 = 100_000.0;
 const MAX_DURATION_S: u64 = 3600;
 const MAX_HANDLE_MS: u64 = 600_000;
+const MAX_RUNS: usize = 20;
 /// After the last request, how long the pops still missing may take before they count as lost.
 pub const POP_WAIT: Duration = Duration::from_secs(10);
 /// How long the requests still in flight after the last one was due may take.
@@ -96,6 +97,10 @@ pub struct BenchArgs {
     /// Redis for the Redis baseline (default: REDIS_URL; without it that baseline is skipped).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Repeat the whole measurement (a fresh server each time, then the baselines) this many
+    /// times; the table gives the median and spread of each p99 ratio.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
     /// Print one JSON object on standard output, and no progress bar.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +168,9 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
             args.handle_ms
         );
     }
+    if args.runs == 0 || args.runs > MAX_RUNS {
+        bail!("--runs must be from 1 to {MAX_RUNS}, not {}", args.runs);
+    }
     let requests = (args.rate * args.duration as f64).round() as u64;
     if requests == 0 || requests > open_loop::MAX_REQUESTS {
         bail!(
@@ -229,14 +237,25 @@ async fn measure(
     kinds: &[baselines::Kind],
     bar: &Bar,
 ) -> anyhow::Result<Report> {
-    let (handoff, cost, queues) = measure_handoff(args, plan, bar).await?;
-    let mut results = Vec::new();
-    for kind in kinds {
-        let options = baselines::Options {
-            nats_server: args.nats_server.clone(),
-            redis_url: args.redis_url.clone(),
-        };
-        results.push(baselines::run(*kind, plan, &queues, &options, bar).await);
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        if args.runs > 1 {
+            bar.note(&format!("run {} of {}", run + 1, args.runs));
+        }
+        let (handoff, cost, queues) = measure_handoff(args, plan, bar).await?;
+        let mut results = Vec::new();
+        for kind in kinds {
+            let options = baselines::Options {
+                nats_server: args.nats_server.clone(),
+                redis_url: args.redis_url.clone(),
+            };
+            results.push(baselines::run(*kind, plan, &queues, &options, bar).await);
+        }
+        runs.push(Run {
+            handoff,
+            cost,
+            baselines: results,
+        });
     }
     let config = json!({
         "agents": plan.agents,
@@ -249,13 +268,10 @@ async fn measure(
         "target": args.url.as_deref().unwrap_or("a handoff serve process started by the bench"),
         "pop_wait_s": POP_WAIT.as_secs(),
         "max_in_flight": open_loop::MAX_IN_FLIGHT,
+        "runs": args.runs,
+        "baseline_subscriber_connections": plan.agents.min(baselines::SUBSCRIBER_CONNECTIONS),
     });
-    Ok(Report {
-        config,
-        handoff,
-        cost,
-        baselines: results,
-    })
+    Ok(Report { config, runs })
 }
 
 /// The server under test: our own process, or one named by `--url`.
@@ -543,6 +559,7 @@ mod tests {
         assert!(plan(&parse(&["--rate", "0"])).is_err());
         assert!(plan(&parse(&["--rate", "NaN"])).is_err());
         assert!(plan(&parse(&["--duration", "0"])).is_err());
+        assert!(plan(&parse(&["--runs", "0"])).is_err());
         assert!(plan(&parse(&["--rate", "100000", "--duration", "3600"])).is_err());
         let p = plan(&parse(&[
             "--agents",

@@ -183,21 +183,15 @@ pub fn p99_ratio(handoff: &SystemResult, baseline: &SystemResult) -> Option<f64>
     }
 }
 
-/// The whole run.
-pub struct Report {
-    /// The run's parameters, as given.
-    pub config: Value,
+/// One measurement: handoff, its server's costs, and each baseline, one after the other.
+pub struct Run {
     pub handoff: SystemResult,
     pub cost: ServerCost,
     pub baselines: Vec<SystemResult>,
 }
 
-impl Report {
-    pub fn problems(&self) -> Vec<String> {
-        self.handoff.problems()
-    }
-
-    pub fn json(&self) -> Value {
+impl Run {
+    fn json(&self) -> Value {
         let baselines: Vec<Value> = self
             .baselines
             .iter()
@@ -207,20 +201,14 @@ impl Report {
                 value
             })
             .collect();
-        let problems = self.problems();
         json!({
-            "ok": problems.is_empty(),
-            "problems": problems,
-            "config": self.config,
             "handoff": self.handoff.json(),
             "server": self.cost.json(),
             "baselines": baselines,
         })
     }
 
-    pub fn table(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "handoff bench: {}", self.config);
+    fn table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} | {:>8} {:>8} | {:>9} | {:>9}",
@@ -268,7 +256,6 @@ impl Report {
                 ratio,
             );
         }
-        let _ = writeln!(out, "(p99 ratio: handoff's pop p99 over the system's; per s: handoff interactions completed, baselines messages delivered)");
         for result in std::iter::once(&self.handoff).chain(&self.baselines) {
             if result.skipped.is_some() {
                 continue;
@@ -298,8 +285,144 @@ impl Report {
             out,
             "server: memory per connected idle agent {kib}; CPU per 1,000 interactions {cpu}"
         );
+    }
+}
+
+/// The spread of one baseline's p99 ratio over the runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatioSpread {
+    pub system: String,
+    pub values: Vec<f64>,
+}
+
+impl RatioSpread {
+    /// The median (the mean of the middle two for an even count).
+    pub fn median(&self) -> Option<f64> {
+        let mut values = self.values.clone();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        }
+    }
+
+    fn min(&self) -> Option<f64> {
+        self.values.iter().copied().min_by(f64::total_cmp)
+    }
+
+    fn max(&self) -> Option<f64> {
+        self.values.iter().copied().max_by(f64::total_cmp)
+    }
+}
+
+/// Every run of the bench.
+pub struct Report {
+    /// The run's parameters, as given.
+    pub config: Value,
+    pub runs: Vec<Run>,
+}
+
+impl Report {
+    /// Handoff's problems in every run: any one fails the bench.
+    pub fn problems(&self) -> Vec<String> {
+        let many = self.runs.len() > 1;
+        self.runs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, run)| {
+                run.handoff.problems().into_iter().map(move |problem| {
+                    if many {
+                        format!("run {}: {problem}", i + 1)
+                    } else {
+                        problem
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Each measured baseline's p99 ratio in every run where both sides have a p99.
+    pub fn ratio_spreads(&self) -> Vec<RatioSpread> {
+        let mut spreads: Vec<RatioSpread> = Vec::new();
+        for run in &self.runs {
+            for baseline in &run.baselines {
+                let Some(ratio) = p99_ratio(&run.handoff, baseline) else {
+                    continue;
+                };
+                match spreads.iter_mut().find(|s| s.system == baseline.system) {
+                    Some(spread) => spread.values.push(ratio),
+                    None => spreads.push(RatioSpread {
+                        system: baseline.system.clone(),
+                        values: vec![ratio],
+                    }),
+                }
+            }
+        }
+        spreads
+    }
+
+    /// One JSON object: the last run's results at the top level (the only run's, usually),
+    /// every run under `runs`, and the median and spread of each p99 ratio.
+    pub fn json(&self) -> Value {
+        let problems = self.problems();
+        let mut value = self.runs.last().map_or_else(|| json!({}), Run::json);
+        let ratios: serde_json::Map<String, Value> = self
+            .ratio_spreads()
+            .into_iter()
+            .map(|spread| {
+                let summary = json!({
+                    "median": spread.median().map(round3),
+                    "min": spread.min().map(round3),
+                    "max": spread.max().map(round3),
+                    "values": spread.values.iter().copied().map(round3).collect::<Vec<_>>(),
+                });
+                (spread.system, summary)
+            })
+            .collect();
+        value["ok"] = json!(problems.is_empty());
+        value["problems"] = json!(problems);
+        value["config"] = self.config.clone();
+        value["handoff_p99_ratio"] = Value::Object(ratios);
+        value["runs"] = Value::Array(self.runs.iter().map(Run::json).collect());
+        value
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "handoff bench: {}", self.config);
+        let many = self.runs.len() > 1;
+        for (i, run) in self.runs.iter().enumerate() {
+            if many {
+                let _ = writeln!(out, "run {} of {}", i + 1, self.runs.len());
+            }
+            run.table(&mut out);
+        }
+        let _ = writeln!(
+            out,
+            "(p99 ratio: handoff's pop p99 over the system's; per s: handoff interactions \
+             completed, baselines messages delivered)"
+        );
+        if many {
+            for spread in self.ratio_spreads() {
+                let _ = writeln!(
+                    out,
+                    "p99 ratio to {} over {} runs: median {}, min {}, max {}",
+                    spread.system,
+                    spread.values.len(),
+                    num(spread.median()),
+                    num(spread.min()),
+                    num(spread.max()),
+                );
+            }
+        }
         out
     }
+}
+
+fn num(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}"))
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -357,5 +480,17 @@ mod tests {
             ..SystemResult::skipped("nats", "no server".to_owned())
         };
         assert!(skipped.problems().is_empty());
+    }
+
+    #[test]
+    fn ratios_have_a_median_over_the_runs() {
+        let spread = |values: &[f64]| RatioSpread {
+            system: "nats".to_owned(),
+            values: values.to_vec(),
+        };
+        assert_eq!(spread(&[]).median(), None);
+        assert_eq!(spread(&[3.0, 1.0, 2.0, 10.0, 4.0]).median(), Some(3.0));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]).median(), Some(2.5));
+        assert_eq!(spread(&[4.0, 1.0]).min(), Some(1.0));
     }
 }
