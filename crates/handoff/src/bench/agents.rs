@@ -61,6 +61,18 @@ impl Api {
     }
 }
 
+/// An error and its sources, e.g. "error sending request: connection refused".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 pub fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &text[..end]),
@@ -283,7 +295,12 @@ pub async fn connect(
                     )
                     .await?;
                     bar.inc(1);
-                    Ok(tokio::spawn(run_agent(ws, token.clone(), desk)))
+                    Ok(tokio::spawn(run_agent(
+                        ws,
+                        agent.clone(),
+                        token.clone(),
+                        desk,
+                    )))
                 }
             })
             .buffer_unordered(SETUP_CONCURRENCY)
@@ -307,8 +324,12 @@ pub async fn connect(
     Ok(tasks)
 }
 
-async fn run_agent<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, token: String, desk: Arc<Desk>)
-where
+async fn run_agent<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    agent: String,
+    token: String,
+    desk: Arc<Desk>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let token = Arc::new(token);
@@ -343,6 +364,14 @@ where
         let Some(tracker) = desk.tracker.get().cloned() else {
             continue;
         };
+        if event.pointer("/data/agent").and_then(Value::as_str) != Some(agent.as_str()) {
+            // An offer on this agent's stream must be to this agent.
+            tracker.error(
+                "pop_for_another_agent".to_owned(),
+                format!("{agent} got {}", truncate(text.as_str(), 200)),
+            );
+            continue;
+        }
         tracker.pop(seq_of(&event), at);
         let Some(id) = event
             .pointer("/data/interaction/id")
@@ -382,7 +411,10 @@ async fn post(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());

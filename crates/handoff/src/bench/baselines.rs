@@ -306,6 +306,7 @@ async fn measure_nats(
         plan.requests,
         plan.rate,
         Instant::now() + Duration::from_millis(200),
+        plan.max_in_flight,
     ));
     let readers: Vec<_> = streams
         .into_iter()
@@ -425,6 +426,7 @@ async fn run_redis(
         plan.requests,
         plan.rate,
         Instant::now() + Duration::from_millis(200),
+        plan.max_in_flight,
     ));
     let readers: Vec<_> = streams
         .into_iter()

@@ -51,6 +51,8 @@ pub const POP_WAIT: Duration = Duration::from_secs(10);
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agents get to close their streams at the end.
+const STREAMS_CLOSE: Duration = Duration::from_secs(5);
 /// The first request is due this long after the load phase starts, to let the clock settle.
 const LEAD_IN: Duration = Duration::from_millis(200);
 
@@ -134,6 +136,8 @@ pub struct Plan {
     pub duration_s: u64,
     pub requests: u64,
     pub handle: Duration,
+    /// Requests in flight at once before a due one counts as `overload`.
+    pub max_in_flight: usize,
 }
 
 fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
@@ -185,21 +189,22 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
         duration_s: args.duration,
         requests,
         handle: Duration::from_millis(args.handle_ms),
+        max_in_flight: open_loop::MAX_IN_FLIGHT,
     })
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
     let kinds = baselines::selected(args.baselines, &args.baseline);
     let bar = Bar::new(args.json);
-    if let Some(limit) = server::raise_open_files_limit() {
-        let needed = (plan.agents as u64) * 2 + 1000;
-        if limit < needed {
-            bar.note(&format!(
-                "warning: open files limited to {limit}; {} agents may need {needed}",
-                plan.agents
-            ));
-        }
+    let limit = server::raise_open_files_limit();
+    plan.max_in_flight = open_loop::in_flight_bound(limit, plan.agents);
+    if plan.max_in_flight < open_loop::MAX_IN_FLIGHT {
+        bar.note(&format!(
+            "open files limited to {}: at most {} requests in flight",
+            limit.unwrap_or_default(),
+            plan.max_in_flight
+        ));
     }
     let capacity = plan.agents as f64 / plan.handle.as_secs_f64().max(0.001);
     if capacity < plan.rate * 1.2 {
@@ -267,7 +272,7 @@ async fn measure(
         "durability": if args.url.is_some() { None } else { Some(args.durability.name()) },
         "target": args.url.as_deref().unwrap_or("a handoff serve process started by the bench"),
         "pop_wait_s": POP_WAIT.as_secs(),
-        "max_in_flight": open_loop::MAX_IN_FLIGHT,
+        "max_in_flight": plan.max_in_flight,
         "runs": args.runs,
         "baseline_subscriber_connections": plan.agents.min(baselines::SUBSCRIBER_CONNECTIONS),
     });
@@ -345,11 +350,15 @@ async fn measure_handoff(
     let result = run_handoff(&api, &admin, pid, plan, args, bar).await;
     match target {
         Target::Own(server) => {
-            if let Err(error) = &result {
-                bar.note(&format!(
+            match &result {
+                Err(error) => bar.note(&format!(
                     "{error:#}; the server's log ends:\n{}",
                     server.log_tail()
-                ));
+                )),
+                Ok((handoff, _, _)) if !handoff.problems().is_empty() => {
+                    bar.note(&format!("the server's log ends:\n{}", server.log_tail()));
+                }
+                Ok(_) => {}
             }
             server.stop().await;
         }
@@ -391,7 +400,7 @@ async fn run_handoff(
         closed_early: AtomicUsize::new(0),
         stop,
     });
-    let streams = agents::connect(&desk, &fixture, bar).await?;
+    let mut streams = agents::connect(&desk, &fixture, bar).await?;
     if let Some(pid) = pid {
         bar.note("agents connected and idle; reading the server's memory");
         cost.rss_with_agents_kib = server::steady_rss_kib(pid).await;
@@ -401,6 +410,7 @@ async fn run_handoff(
         plan.requests,
         plan.rate,
         Instant::now() + LEAD_IN,
+        plan.max_in_flight,
     ));
     let _ = desk.tracker.set(tracker.clone());
     let cpu_before = pid.and_then(server::cpu_seconds);
@@ -429,8 +439,12 @@ async fn run_handoff(
     ticker.abort();
     bar.finish();
     let _ = stop_agents.send(true);
-    for stream in streams {
-        let _ = tokio::time::timeout(Duration::from_secs(2), stream).await;
+    // Each agent closes its stream; those not done by then are cut off.
+    let closing = futures_util::future::join_all(streams.iter_mut());
+    if tokio::time::timeout(STREAMS_CLOSE, closing).await.is_err() {
+        for stream in &streams {
+            stream.abort();
+        }
     }
     let closed_early = desk.closed_early.load(Ordering::Relaxed);
     if closed_early > 0 {
@@ -488,7 +502,7 @@ fn ivr_sender(api: &Api, fixture: &agents::Fixture) -> open_loop::Send {
                 }
                 Err(error) => Outcome::Failed {
                     kind: "transport".to_owned(),
-                    detail: error.to_string(),
+                    detail: agents::error_chain(&error),
                 },
             }
         })

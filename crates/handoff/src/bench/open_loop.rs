@@ -2,8 +2,8 @@
 //!
 //! Request `i` is due at `start + i / rate`. The scheduler starts it at that moment whether or
 //! not earlier requests have answered, so a slow server cannot slow the arrivals; only a
-//! bound on requests in flight (`MAX_IN_FLIGHT`) stops it, and a request refused by that bound
-//! counts as an `overload` error instead of waiting. Every latency is measured from the due
+//! bound on requests in flight (at most `MAX_IN_FLIGHT`, less when open files are short) stops
+//! it, and a request refused by that bound counts as an `overload` error instead of waiting. Every latency is measured from the due
 //! time, never from the moment the request was actually written, so a stall of the server or
 //! of this process shows in the figures instead of hiding in them.
 //!
@@ -22,7 +22,24 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 /// Requests in flight at once, beyond which a due request is counted as an `overload` error.
+/// Each HTTP/1.1 request in flight holds a socket, so the bench lowers it to fit its open
+/// files limit (`in_flight_bound`).
 pub const MAX_IN_FLIGHT: usize = 20_000;
+/// The least bound the bench runs with.
+const MIN_IN_FLIGHT: usize = 64;
+
+/// The bound on requests in flight for `agents` agents under an open files limit of `limit`:
+/// each agent holds a stream and, while it accepts or completes, a request; 1,024 more are
+/// kept for everything else.
+pub fn in_flight_bound(limit: Option<u64>, agents: usize) -> usize {
+    let Some(limit) = limit else {
+        return MAX_IN_FLIGHT;
+    };
+    let spare = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(2 * agents + 1024);
+    spare.clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT)
+}
 /// The most requests one run may schedule (rate × duration).
 pub const MAX_REQUESTS: u64 = 10_000_000;
 /// Latencies are recorded in microseconds, from 1 µs to one hour, 3 significant digits.
@@ -136,6 +153,7 @@ pub struct Tracker {
     pub unknown_pops: AtomicUsize,
     pub completed: AtomicUsize,
     pub in_flight: AtomicUsize,
+    max_in_flight: usize,
     /// Failures by kind and the first detail of each kind.
     failures: Mutex<std::collections::BTreeMap<String, (usize, String)>>,
     /// Nanoseconds from `start` to the last completion, for the completion rate.
@@ -143,8 +161,8 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// `start` is when request 0 is due.
-    pub fn new(requests: u64, rate: f64, start: Instant) -> Tracker {
+    /// `start` is when request 0 is due; at most `max_in_flight` requests are in flight.
+    pub fn new(requests: u64, rate: f64, start: Instant, max_in_flight: usize) -> Tracker {
         let n = usize::try_from(requests).unwrap_or(usize::MAX);
         Tracker {
             start,
@@ -161,6 +179,7 @@ impl Tracker {
             unknown_pops: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            max_in_flight,
             failures: Mutex::new(Default::default()),
             last_completion_ns: AtomicU64::new(0),
         }
@@ -311,12 +330,12 @@ pub async fn drive(tracker: Arc<Tracker>, body: impl Fn(u64) -> Vec<u8>, send: S
             state.store(SENT, Ordering::Relaxed);
         }
         tracker.sent.fetch_add(1, Ordering::Relaxed);
-        if tracker.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
+        if tracker.in_flight.fetch_add(1, Ordering::Relaxed) >= tracker.max_in_flight {
             tracker.in_flight.fetch_sub(1, Ordering::Relaxed);
             tracker.fail(
                 seq,
                 "overload".to_owned(),
-                format!("{MAX_IN_FLIGHT} requests already in flight"),
+                format!("{} requests already in flight", tracker.max_in_flight),
             );
             continue;
         }
@@ -357,7 +376,7 @@ mod tests {
     #[test]
     fn pops_are_counted_once_and_duplicates_apart() {
         let start = Instant::now();
-        let tracker = Tracker::new(3, 1000.0, start);
+        let tracker = Tracker::new(3, 1000.0, start, MAX_IN_FLIGHT);
         tracker.state[0].store(CREATED, Ordering::Relaxed);
         tracker.state[1].store(CREATED, Ordering::Relaxed);
         tracker.state[2].store(FAILED, Ordering::Relaxed);
@@ -377,7 +396,7 @@ mod tests {
     #[test]
     fn latency_is_measured_from_the_due_time() {
         let start = Instant::now();
-        let tracker = Tracker::new(10, 100.0, start);
+        let tracker = Tracker::new(10, 100.0, start, MAX_IN_FLIGHT);
         // Request 5 is due 50 ms after the start; its pop 60 ms after the start took 10 ms.
         assert_eq!(tracker.due(5), start + Duration::from_millis(50));
         tracker.pop(Some(5), start + Duration::from_millis(60));
@@ -397,6 +416,14 @@ mod tests {
         assert!((400..700).contains(&context.len()), "{}", context.len());
         let event = json!({"type": "interaction.offered", "data": {"interaction": value}});
         assert_eq!(seq_of(&event), Some(1234));
+    }
+
+    #[test]
+    fn the_in_flight_bound_fits_the_open_files_limit() {
+        assert_eq!(in_flight_bound(None, 10), MAX_IN_FLIGHT);
+        assert_eq!(in_flight_bound(Some(1_000_000), 10), MAX_IN_FLIGHT);
+        assert_eq!(in_flight_bound(Some(20_000), 5000), 20_000 - 10_000 - 1024);
+        assert_eq!(in_flight_bound(Some(1024), 5000), MIN_IN_FLIGHT);
     }
 
     #[test]
