@@ -403,7 +403,12 @@ async fn run_handoff(
     let mut streams = agents::connect(&desk, &fixture, bar).await?;
     if let Some(pid) = pid {
         bar.note("agents connected and idle; reading the server's memory");
+        let (cpu_before, before) = (server::cpu_seconds(pid), std::time::Instant::now());
         cost.rss_with_agents_kib = server::steady_rss_kib(pid).await;
+        let elapsed = before.elapsed().as_secs_f64();
+        cost.idle_cpu_s_per_s = cpu_before
+            .zip(server::cpu_seconds(pid))
+            .map(|(a, b)| (b - a) / elapsed.max(1e-3));
     }
 
     let tracker = Arc::new(Tracker::new(

@@ -147,6 +147,8 @@ pub struct ServerCost {
     pub agents: usize,
     pub cpu_s: Option<f64>,
     pub interactions: usize,
+    /// CPU seconds per second while the N agents were connected and idle (before the load).
+    pub idle_cpu_s_per_s: Option<f64>,
 }
 
 impl ServerCost {
@@ -171,6 +173,7 @@ impl ServerCost {
             "memory_per_idle_agent_kib": self.kib_per_idle_agent().map(round3),
             "cpu_s": self.cpu_s.map(round3),
             "cpu_s_per_1000_interactions": self.cpu_s_per_1000().map(round3),
+            "idle_cpu_s_per_s": self.idle_cpu_s_per_s.map(round3),
         })
     }
 }
@@ -281,9 +284,14 @@ impl Run {
             .cost
             .cpu_s_per_1000()
             .map_or_else(|| "unavailable".to_owned(), |v| format!("{v:.3} s"));
+        let idle = self
+            .cost
+            .idle_cpu_s_per_s
+            .map_or_else(|| "unavailable".to_owned(), |v| format!("{v:.3} s/s"));
         let _ = writeln!(
             out,
-            "server: memory per connected idle agent {kib}; CPU per 1,000 interactions {cpu}"
+            "server: memory per connected idle agent {kib}; CPU per 1,000 interactions {cpu}; \
+             CPU with the agents idle {idle}"
         );
     }
 }
