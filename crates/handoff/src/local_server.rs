@@ -1,6 +1,7 @@
-//! A handoff server inside this process, on a throwaway data directory: what `handoff bench`
-//! measures and what `handoff demo` shows. One way to start it, so both run the same server
-//! that `handoff serve` runs (the real SQLite store, the real router) and tidy up the same way.
+//! A handoff server inside this process, on a throwaway data directory: what `handoff demo`
+//! shows. It runs the same server that `handoff serve` runs (the real SQLite store, the real
+//! router) and tidies up after itself. (`handoff bench` runs `serve` as a separate process
+//! instead, so that its memory and CPU can be read apart from the load generator's.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -21,7 +22,7 @@ pub struct LocalOptions {
     pub settings: ApiSettings,
     /// The admin key's name, as `GET /v1/keys` lists it.
     pub admin_name: String,
-    /// Prefix of the messages this server prints, e.g. `[bench]`.
+    /// Prefix of the messages this server prints, e.g. `[demo]`.
     pub label: &'static str,
 }
 

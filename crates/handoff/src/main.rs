@@ -36,7 +36,8 @@ enum Command {
     Ivr(cli_ivr::IvrArgs),
     /// Manage agents, presence and keys.
     Admin(cli_admin::AdminArgs),
-    /// Load-test over loopback: create interactions, time their screen pops, report.
+    /// Open-loop benchmark: agents over WebSocket, IVR posts at a fixed rate, pop latency,
+    /// memory and CPU, and optional NATS, JetStream and Redis baselines.
     Bench(bench::BenchArgs),
     /// A throwaway server with simulated agents and IVR calls, and two agents for you to play.
     Demo(demo::DemoArgs),
