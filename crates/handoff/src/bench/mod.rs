@@ -351,12 +351,13 @@ async fn measure_handoff(
     match target {
         Target::Own(server) => {
             match &result {
-                Err(error) => bar.note(&format!(
-                    "{error:#}; the server's log ends:\n{}",
+                // On standard error even with --json: it explains the failure.
+                Err(error) => eprintln!(
+                    "[bench] {error:#}; the server's log ends:\n{}",
                     server.log_tail()
-                )),
+                ),
                 Ok((handoff, _, _)) if !handoff.problems().is_empty() => {
-                    bar.note(&format!("the server's log ends:\n{}", server.log_tail()));
+                    eprintln!("[bench] the server's log ends:\n{}", server.log_tail());
                 }
                 Ok(_) => {}
             }
