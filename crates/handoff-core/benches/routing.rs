@@ -32,6 +32,10 @@
 //! - `arrival_with_waiting_deadlines/10000_waiting`: as `create_only`, with 10,000 callers
 //!   waiting (each with a `max_wait_s` deadline) in a queue nobody serves.
 //!
+//! - `decision_latency/create_one`: as `create_only`, but each arrival timed on its own with
+//!   `Instant`, and the distribution printed (p50, p99, p99.9, max over every decision the run
+//!   timed): the target is one decision under 5 µs at p99.
+//!
 //! Run with `cargo bench -p handoff-core --bench routing` (10 samples, about 3 s each).
 
 use std::collections::BTreeMap;
@@ -297,6 +301,59 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // Each decision timed on its own: the distribution, not only the mean.
+    let mut group = c.benchmark_group("decision_latency");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let mut samples: Vec<u64> = Vec::new();
+    group.bench_function("create_one", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let mut state = base.clone();
+                let chunk = (iters - done).min(100);
+                let commands: Vec<Command> = (0..chunk)
+                    .map(|_| {
+                        counter += 1;
+                        let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
+                        Command::CreateInteraction {
+                            spec: spec(&format!("c{counter}"), target, 0, now),
+                        }
+                    })
+                    .collect();
+                for command in commands {
+                    let start = Instant::now();
+                    let events = state.execute(command, now).unwrap();
+                    let took = start.elapsed();
+                    debug_assert_eq!(offers(&events), 1);
+                    black_box(events);
+                    total += took;
+                    samples.push(took.as_nanos() as u64);
+                }
+                done += chunk;
+            }
+            total
+        })
+    });
+    group.finish();
+    samples.sort_unstable();
+    let at = |p: f64| {
+        let rank = ((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+        samples[rank - 1] as f64 / 1000.0
+    };
+    if !samples.is_empty() {
+        eprintln!(
+            "one routing decision ({AGENTS} agents, {QUEUES} queues, {} decisions timed): p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.2} µs",
+            samples.len(),
+            at(0.50),
+            at(0.99),
+            at(0.999),
+            at(1.0),
+        );
+    }
 
     // A caller addressed to each busy agent, waiting for it.
     let mut addressed = base.clone();

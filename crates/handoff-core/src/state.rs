@@ -190,10 +190,14 @@ impl State {
         let presence = agent.presence.status;
         let activity = self.activity(agent_id);
         for name in queues {
-            self.member_counts
-                .entry(name.clone())
-                .or_default()
-                .add(presence, activity, up);
+            match self.member_counts.get_mut(name) {
+                Some(counts) => counts.add(presence, activity, up),
+                None => {
+                    let mut counts = MemberCounts::default();
+                    counts.add(presence, activity, up);
+                    self.member_counts.insert(name.clone(), counts);
+                }
+            }
         }
     }
 
