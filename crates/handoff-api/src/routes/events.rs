@@ -107,7 +107,11 @@ pub async fn stream(
         let mut catch_up = after.is_some();
         loop {
             if catch_up {
-                loop {
+                // Up to the engine's head only: the log may hold events a moment before the
+                // engine has applied them, and a reader must be able to read what it was told.
+                // Later ones come on the live feed, subscribed before this.
+                let head = state.shared.head();
+                while last < head {
                     let page = match state.store.events_after(last, REPLAY_PAGE).await {
                         Ok(page) => page,
                         Err(error) => {
@@ -115,7 +119,7 @@ pub async fn stream(
                             return;
                         }
                     };
-                    for event in &page {
+                    for event in page.iter().take_while(|event| event.seq <= head) {
                         if filter.matches(&event.event_type)
                             && sender.send(send(event.seq, &event.payload)).await.is_err()
                         {
@@ -123,7 +127,7 @@ pub async fn stream(
                         }
                         last = event.seq;
                     }
-                    if page.len() < REPLAY_PAGE {
+                    if page.len() < REPLAY_PAGE || page.last().is_some_and(|e| e.seq > head) {
                         break;
                     }
                 }

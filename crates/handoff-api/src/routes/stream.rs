@@ -214,16 +214,21 @@ impl AgentStream {
         }
     }
 
-    /// Sends every stored event for the agent after `last_sent`, page by page.
+    /// Sends every stored event for the agent after `last_sent`, page by page, up to the
+    /// engine's head. The log can hold events a moment before the engine has applied them
+    /// (durable, not yet read back by the engine): sent early, an agent would accept an
+    /// interaction the API does not know yet. Those come on the live feed instead, which was
+    /// subscribed before this and gets them right after they are applied.
     async fn catch_up(&mut self, socket: &mut WebSocket) -> Result<(), ()> {
-        loop {
+        let head = self.state.shared.head();
+        while self.last_sent < head {
             let page = self
                 .state
                 .store
                 .agent_events_after(self.agent.as_str(), self.last_sent, REPLAY_PAGE)
                 .await
                 .map_err(|error| tracing::error!(%error, "replay read failed"))?;
-            for event in &page {
+            for event in page.iter().take_while(|event| event.seq <= head) {
                 if event.event_type == "interaction.offered" {
                     metrics::counter!("handoff_pops_delivered_total").increment(1);
                 }
@@ -233,10 +238,11 @@ impl AgentStream {
                     .map_err(|_| ())?;
                 self.last_sent = event.seq;
             }
-            if page.len() < REPLAY_PAGE {
+            if page.len() < REPLAY_PAGE || page.last().is_some_and(|event| event.seq > head) {
                 return Ok(());
             }
         }
+        Ok(())
     }
 
     async fn send_live(

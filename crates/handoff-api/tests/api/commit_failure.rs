@@ -16,14 +16,27 @@ use handoff_store::{
 };
 use tokio::sync::oneshot;
 
-use crate::support::PATIENCE;
+use crate::support::{next_of_type, spawn_app_on_store, PATIENCE};
 
 /// The real store, except that the next batch with events can be held and then failed
-/// without being written.
+/// without being written (`hold_next`), or written and then held before the engine hears that
+/// it is durable (`hold_ack`).
 struct FlakyStore {
     inner: Arc<dyn Store>,
     hold_next: Mutex<Option<oneshot::Receiver<()>>>,
+    hold_ack: Mutex<Option<oneshot::Receiver<()>>>,
     calls: AtomicUsize,
+}
+
+impl FlakyStore {
+    fn new(inner: Arc<dyn Store>) -> FlakyStore {
+        FlakyStore {
+            inner,
+            hold_next: Mutex::new(None),
+            hold_ack: Mutex::new(None),
+            calls: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -35,13 +48,20 @@ impl Store for FlakyStore {
         } else {
             self.hold_next.lock().unwrap().take()
         };
-        match gate {
-            Some(gate) => {
-                let _ = gate.await;
-                Err(StoreError::Backend("injected failure".to_owned()))
-            }
-            None => self.inner.commit(batch).await,
+        if let Some(gate) = gate {
+            let _ = gate.await;
+            return Err(StoreError::Backend("injected failure".to_owned()));
         }
+        let ack_gate = if batch.events.is_empty() {
+            None
+        } else {
+            self.hold_ack.lock().unwrap().take()
+        };
+        let written = self.inner.commit(batch).await;
+        if let Some(gate) = ack_gate {
+            let _ = gate.await;
+        }
+        written
     }
     async fn head(&self) -> Result<SeqNumber, StoreError> {
         self.inner.head().await
@@ -110,11 +130,7 @@ async fn a_failed_commit_fails_every_batch_built_on_it_and_rolls_back() {
     })
     .await
     .unwrap();
-    let flaky = Arc::new(FlakyStore {
-        inner: inner.clone(),
-        hold_next: Mutex::new(None),
-        calls: AtomicUsize::new(0),
-    });
+    let flaky = Arc::new(FlakyStore::new(inner.clone()));
     let running = Running::start(flaky.clone(), ApiSettings::default())
         .await
         .unwrap();
@@ -195,4 +211,87 @@ async fn a_failed_commit_fails_every_batch_built_on_it_and_rolls_back() {
     assert_eq!(log.last().map(|e| e.seq), Some(shared.head()));
     assert!(log.iter().all(|e| e.subject != "lost"));
     running.shutdown().await;
+}
+
+/// A pop that is already durable in the log but not yet applied to the state readers see must
+/// not reach a stream that catches up from the log: the agent would act on an interaction the
+/// API does not know yet (seen under load as 404s and 403s on accept).
+#[tokio::test]
+async fn a_stream_catching_up_from_the_log_stops_at_what_the_api_can_already_read() {
+    let flaky: Arc<Mutex<Option<Arc<FlakyStore>>>> = Arc::default();
+    let app = spawn_app_on_store(handoff_api::ApiSettings::default(), |inner| {
+        let wrapped = Arc::new(FlakyStore::new(inner));
+        *flaky.lock().unwrap() = Some(wrapped.clone());
+        wrapped
+    })
+    .await;
+    let flaky = flaky.lock().unwrap().clone().unwrap();
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+
+    // The offer is written to the log, and the store is slow to say so.
+    let (release, gate) = oneshot::channel();
+    *flaky.hold_ack.lock().unwrap() = Some(gate);
+    let created = tokio::spawn({
+        let (base, ivr) = (app.base.clone(), ivr.clone());
+        async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/interactions"))
+                .bearer_auth(ivr)
+                .json(&serde_json::json!({"target": {"agent": "alice"}}))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    });
+    let inner = flaky.inner.clone();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let logged = inner.agent_events_after("alice", 0, 100).await.unwrap();
+        if logged.iter().any(|e| e.event_type == "interaction.offered") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the offer never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // A stream opened now catches up from the log. A ping answered proves its catch-up is
+    // over: alice's earlier events may come before it, the held offer may not.
+    let mut ws = app.stream("alice", &alice, None).await;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Ping(b"caught-up?".to_vec().into()))
+        .await
+        .unwrap();
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the pong arrives")
+            .expect("the stream is open")
+            .expect("a frame");
+        match frame {
+            Message::Pong(_) => break,
+            Message::Text(text) => assert!(
+                !text.contains("interaction.offered"),
+                "sent before the API could read it: {text}"
+            ),
+            _ => {}
+        }
+    }
+
+    // Once the commit is acknowledged, the pop comes live, and the API knows it.
+    release.send(()).unwrap();
+    let created = created.await.unwrap();
+    let id = created["id"].as_str().expect("created").to_owned();
+    let pop = next_of_type(&mut ws, "interaction.offered").await;
+    assert_eq!(pop["subject"], id.as_str());
+    let (status, read) = app.get(&format!("/v1/interactions/{id}"), &alice).await;
+    assert_eq!(status, 200, "{read}");
+    app.stop().await;
 }

@@ -32,9 +32,19 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: ApiSettings) -> TestApp {
+    spawn_app_on_store(settings, |store| store).await
+}
+
+/// As [`spawn_app_with`], on the store `wrap` makes of the real one (to hold or fail commits).
+pub async fn spawn_app_on_store(
+    settings: ApiSettings,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let admin = handoff_api::auth::generate_token();
-    let app = start_on(dir, admin.clone(), settings).await.expect("start");
+    let app = start_on(dir, admin.clone(), settings, wrap)
+        .await
+        .expect("start");
     app.running
         .as_ref()
         .unwrap()
@@ -58,6 +68,7 @@ async fn start_on(
     dir: tempfile::TempDir,
     admin: String,
     settings: ApiSettings,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
 ) -> Result<TestApp, String> {
     let store = handoff_store::open(StoreEngine::Sqlite {
         data_dir: dir.path().to_path_buf(),
@@ -65,6 +76,7 @@ async fn start_on(
     })
     .await
     .map_err(|error| format!("store opens: {error:#}"))?;
+    let store = wrap(store);
     let running = Running::start(store.clone(), settings)
         .await
         .map_err(|error| format!("recovery: {error:#}"))?;
@@ -319,6 +331,6 @@ impl TestApp {
             admin, store, _dir, ..
         } = self;
         drop(store);
-        start_on(_dir, admin, settings).await
+        start_on(_dir, admin, settings, |store| store).await
     }
 }
