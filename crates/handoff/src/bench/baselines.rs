@@ -132,6 +132,25 @@ fn connections(plan: &Plan) -> usize {
     plan.agents.min(SUBSCRIBER_CONNECTIONS)
 }
 
+/// The run's tracker, its load starting 200 ms from now, and one reader per subscriber stream
+/// counting the pops it receives against it.
+fn start_tracking(
+    plan: &Plan,
+    streams: Vec<futures_util::stream::BoxStream<'static, Bytes>>,
+) -> (Arc<Tracker>, Vec<tokio::task::JoinHandle<()>>) {
+    let tracker = Arc::new(Tracker::new(
+        plan.requests,
+        plan.rate,
+        Instant::now() + Duration::from_millis(200),
+        plan.max_in_flight,
+    ));
+    let readers = streams
+        .into_iter()
+        .map(|s| read_pops(s, tracker.clone()))
+        .collect();
+    (tracker, readers)
+}
+
 /// Reads messages until the task is aborted: each one timed and counted as a pop.
 fn read_pops<S>(messages: S, tracker: Arc<Tracker>) -> tokio::task::JoinHandle<()>
 where
@@ -302,16 +321,7 @@ async fn measure_nats(
     }
     bar.finish();
 
-    let tracker = Arc::new(Tracker::new(
-        plan.requests,
-        plan.rate,
-        Instant::now() + Duration::from_millis(200),
-        plan.max_in_flight,
-    ));
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|s| read_pops(s, tracker.clone()))
-        .collect();
+    let (tracker, readers) = start_tracking(plan, streams);
     let agents = plan.agents;
     let send: open_loop::Send = match kind {
         Kind::Jetstream => {
@@ -422,16 +432,7 @@ async fn run_redis(
         );
     }
     bar.finish();
-    let tracker = Arc::new(Tracker::new(
-        plan.requests,
-        plan.rate,
-        Instant::now() + Duration::from_millis(200),
-        plan.max_in_flight,
-    ));
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|s| read_pops(s, tracker.clone()))
-        .collect();
+    let (tracker, readers) = start_tracking(plan, streams);
     let agents = plan.agents;
     let send: open_loop::Send = Arc::new(move |seq, body| {
         let mut connection = publisher.clone();
