@@ -66,6 +66,23 @@ fn agent(j: usize) -> AgentId {
     AgentId::parse(&format!("agent{j:05}")).unwrap()
 }
 
+/// The next caller of the benches' steady stream: named `c<counter>`, to a queue spread over
+/// all of them.
+fn next_arrival(counter: &mut u64, now: Timestamp) -> (String, Command) {
+    *counter += 1;
+    let name = format!("c{counter}");
+    let target = Target::Queue(queue((*counter as usize * 37) % QUEUES));
+    let create = Command::CreateInteraction {
+        spec: spec(&name, target, 0, now),
+    };
+    (name, create)
+}
+
+/// The next `chunk` callers of the stream, made before the clock starts.
+fn arrivals(counter: &mut u64, chunk: u64, now: Timestamp) -> Vec<Command> {
+    (0..chunk).map(|_| next_arrival(counter, now).1).collect()
+}
+
 fn spec(id: &str, target: Target, priority: i32, at: Timestamp) -> InteractionSpec {
     InteractionSpec {
         id: InteractionId::parse(id).unwrap(),
@@ -226,12 +243,7 @@ fn bench(c: &mut Criterion) {
                 let chunk = (iters - done).min(1_000);
                 let start = Instant::now();
                 for _ in 0..chunk {
-                    counter += 1;
-                    let name = format!("c{counter}");
-                    let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                    let create = Command::CreateInteraction {
-                        spec: spec(&name, target, 0, now),
-                    };
+                    let (name, create) = next_arrival(&mut counter, now);
                     black_box(state.execute(create, now).unwrap());
                     let hangup = Command::Hangup {
                         id: InteractionId::parse(&name).unwrap(),
@@ -253,12 +265,7 @@ fn bench(c: &mut Criterion) {
                 let chunk = (iters - done).min(1_000);
                 let start = Instant::now();
                 for _ in 0..chunk {
-                    counter += 1;
-                    let name = format!("c{counter}");
-                    let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                    let create = Command::CreateInteraction {
-                        spec: spec(&name, target, 0, now),
-                    };
+                    let (name, create) = next_arrival(&mut counter, now);
                     let events = state.execute(create, now).unwrap();
                     debug_assert_eq!(offers(&events), 1);
                     black_box(events);
@@ -280,16 +287,7 @@ fn bench(c: &mut Criterion) {
             while done < iters {
                 let mut state = base.clone();
                 let chunk = (iters - done).min(100);
-                let commands: Vec<Command> = (0..chunk)
-                    .map(|k| {
-                        counter += 1;
-                        let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                        let _ = k;
-                        Command::CreateInteraction {
-                            spec: spec(&format!("c{counter}"), target, 0, now),
-                        }
-                    })
-                    .collect();
+                let commands = arrivals(&mut counter, chunk, now);
                 let start = Instant::now();
                 for command in commands {
                     black_box(state.execute(command, now).unwrap());
@@ -315,15 +313,7 @@ fn bench(c: &mut Criterion) {
             while done < iters {
                 let mut state = base.clone();
                 let chunk = (iters - done).min(100);
-                let commands: Vec<Command> = (0..chunk)
-                    .map(|_| {
-                        counter += 1;
-                        let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                        Command::CreateInteraction {
-                            spec: spec(&format!("c{counter}"), target, 0, now),
-                        }
-                    })
-                    .collect();
+                let commands = arrivals(&mut counter, chunk, now);
                 for command in commands {
                     let start = Instant::now();
                     let events = state.execute(command, now).unwrap();
@@ -388,15 +378,7 @@ fn bench(c: &mut Criterion) {
             while done < iters {
                 let mut state = addressed.clone();
                 let chunk = (iters - done).min(100);
-                let commands: Vec<Command> = (0..chunk)
-                    .map(|_| {
-                        counter += 1;
-                        let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                        Command::CreateInteraction {
-                            spec: spec(&format!("c{counter}"), target, 0, now),
-                        }
-                    })
-                    .collect();
+                let commands = arrivals(&mut counter, chunk, now);
                 let start = Instant::now();
                 for command in commands {
                     black_box(state.execute(command, now).unwrap());
@@ -437,15 +419,7 @@ fn bench(c: &mut Criterion) {
             while done < iters {
                 let mut state = deadlines.clone();
                 let chunk = (iters - done).min(100);
-                let commands: Vec<Command> = (0..chunk)
-                    .map(|_| {
-                        counter += 1;
-                        let target = Target::Queue(queue((counter as usize * 37) % QUEUES));
-                        Command::CreateInteraction {
-                            spec: spec(&format!("c{counter}"), target, 0, now),
-                        }
-                    })
-                    .collect();
+                let commands = arrivals(&mut counter, chunk, now);
                 let start = Instant::now();
                 for command in commands {
                     black_box(state.execute(command, now).unwrap());

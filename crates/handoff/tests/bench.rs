@@ -63,6 +63,17 @@ fn run_bench_with(args: &[&str], baselines: bool) -> Output {
     }
 }
 
+/// The JSON report of a run that must have passed; its standard error when it did not.
+fn report_of_success(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}; stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report_of(output)
+}
+
 fn report_of(output: &Output) -> Value {
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|error| {
@@ -89,14 +100,7 @@ const SMALL: &[&str] = &[
 
 #[test]
 fn a_short_run_reports_every_pop_and_the_servers_costs() {
-    let output = run_bench(SMALL);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        output.status
-    );
-    let report = report_of(&output);
+    let report = report_of_success(&run_bench(SMALL));
     let handoff = &report["handoff"];
     assert_eq!(report["ok"], true, "{report:#}");
     assert_eq!(handoff["requests_scheduled"], 100, "{report:#}");
@@ -170,14 +174,7 @@ fn baselines_deliver_every_message_when_their_servers_are_there() {
     let list = kinds.join(",");
     let mut args = SMALL.to_vec();
     args.extend(["--baseline", &list]);
-    let output = run_bench_with(&args, true);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "exit {:?}; stderr:\n{stderr}",
-        output.status
-    );
-    let report = report_of(&output);
+    let report = report_of_success(&run_bench_with(&args, true));
     let baselines = report["baselines"].as_array().expect("a list of baselines");
     assert_eq!(baselines.len(), kinds.len(), "{report:#}");
     for (baseline, kind) in baselines.iter().zip(&kinds) {
