@@ -1,6 +1,7 @@
 //! Identifiers and small values, each built only by `parse`, so a value that exists is valid.
 
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -21,14 +22,17 @@ fn is_identifier(text: &str) -> bool {
 macro_rules! identifier {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Shared text: ids are cloned into every event, index and map entry that names them,
+        /// and a clone only counts a reference.
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Accepts `[A-Za-z0-9._-]{1,64}`.
             pub fn parse(text: &str) -> Result<Self, IdError> {
                 if is_identifier(text) {
-                    Ok(Self(text.to_owned()))
+                    Ok(Self(Arc::from(text)))
                 } else {
                     Err(IdError::BadIdentifier)
                 }
@@ -40,7 +44,10 @@ macro_rules! identifier {
 
             /// The smallest value, for the lower bound of a range.
             pub fn lowest() -> Self {
-                Self(String::new())
+                // Range bounds are built on every command: the empty text is made once.
+                static EMPTY: std::sync::LazyLock<Arc<str>> =
+                    std::sync::LazyLock::new(|| Arc::from(""));
+                Self(EMPTY.clone())
             }
         }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod command;
 pub mod event;
+mod fast_map;
 pub mod ids;
 pub mod interaction;
 pub mod queue;

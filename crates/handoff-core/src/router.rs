@@ -2,9 +2,10 @@
 //! which of them can take a caller now, ordered by the queue's strategy, so that a decision
 //! reads the front of an ordered set instead of scanning every agent.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crate::agent::Agent;
+use crate::fast_map::FastMap;
 use crate::ids::AgentId;
 use crate::queue::{meets, QueueConfig, Strategy};
 
@@ -23,7 +24,7 @@ pub enum Room {
 #[derive(Debug, Clone, Default)]
 struct Routable {
     any: BTreeSet<(RouteKey, AgentId)>,
-    by_channel: HashMap<String, BTreeSet<(RouteKey, AgentId)>>,
+    by_channel: FastMap<String, BTreeSet<(RouteKey, AgentId)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct QueueIndex {
     /// Per level: the eligible agents that are available with room, in strategy order.
     routable: Vec<Routable>,
     /// The key and the room each routable agent is filed under, to find it again.
-    filed: HashMap<AgentId, (RouteKey, Room)>,
+    filed: FastMap<AgentId, (RouteKey, Room)>,
 }
 
 impl QueueIndex {
@@ -45,7 +46,7 @@ impl QueueIndex {
             config,
             eligible: vec![BTreeSet::new(); levels],
             routable: vec![Routable::default(); levels],
-            filed: HashMap::new(),
+            filed: FastMap::default(),
         }
     }
 

@@ -4,13 +4,14 @@
 //! waiting callers to agents who can take them, reading ordered indexes, never scanning agents.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use crate::agent::{Activity, Agent, Capacity, Presence, PresenceSource, PresenceStatus};
 use crate::command::{Command, CommandError};
 use crate::event::{Event, OfferEndReason, Routing};
+use crate::fast_map::FastMap;
 use crate::ids::{AgentId, InteractionId, QueueName, Seq, Timestamp};
 use crate::interaction::{Interaction, InteractionState, Target};
 use crate::queue::{QueueConfig, Strategy};
@@ -84,18 +85,18 @@ pub struct State {
     agents: BTreeMap<AgentId, Agent>,
     queues: BTreeMap<QueueName, QueueIndex>,
     /// The queues each agent serves at some level.
-    memberships: HashMap<AgentId, BTreeSet<QueueName>>,
-    interactions: HashMap<InteractionId, Interaction>,
+    memberships: FastMap<AgentId, BTreeSet<QueueName>>,
+    interactions: FastMap<InteractionId, Interaction>,
     /// Interactions in creation order, for listing.
     creation_order: Vec<InteractionId>,
     /// Interactions each agent holds: offered to it, accepted or in wrap-up.
-    held: HashMap<AgentId, BTreeSet<InteractionId>>,
+    held: FastMap<AgentId, BTreeSet<InteractionId>>,
     /// Deadlines set by events: offers, waits, wrap-ups.
     timers: BTreeSet<(Timestamp, TimerKind, InteractionId)>,
     /// When waiting callers' requirements relax: a wake-up, not state (see `next_wakeup`).
     escalations: BTreeSet<(Timestamp, InteractionId)>,
     lines: BTreeMap<LineKey, BTreeMap<WaitingKey, InteractionId>>,
-    line_of: HashMap<InteractionId, (LineKey, WaitingKey)>,
+    line_of: FastMap<InteractionId, (LineKey, WaitingKey)>,
     /// Lines that may have become servable since `dispatch` last found them not: a caller
     /// joined, an agent who could serve them changed, a requirement relaxed. A hint: a line
     /// too many costs a look, never a wrong decision.
@@ -109,7 +110,7 @@ pub struct State {
     stats: QueueStatistics,
     /// Per queue, its members by presence and by activity, kept up to date by `apply`, so
     /// statistics never walk the agents.
-    member_counts: HashMap<QueueName, MemberCounts>,
+    member_counts: FastMap<QueueName, MemberCounts>,
 }
 
 /// A queue's members (agents that meet some level of it) by presence and by activity.
@@ -155,21 +156,21 @@ impl State {
             settings,
             agents: BTreeMap::new(),
             queues: BTreeMap::new(),
-            memberships: HashMap::new(),
-            interactions: HashMap::new(),
+            memberships: FastMap::default(),
+            interactions: FastMap::default(),
             creation_order: Vec::new(),
-            held: HashMap::new(),
+            held: FastMap::default(),
             timers: BTreeSet::new(),
             escalations: BTreeSet::new(),
             lines: BTreeMap::new(),
-            line_of: HashMap::new(),
+            line_of: FastMap::default(),
             dirty: BTreeSet::new(),
             waiting_counter: 0,
             route_counter: 0,
             today: 0,
             examined: 0,
             stats: QueueStatistics::new(),
-            member_counts: HashMap::new(),
+            member_counts: FastMap::default(),
         }
     }
 
