@@ -41,6 +41,9 @@ const MAX_GROUP: usize = 256;
 /// Read connections kept open; also the number of reads running at once.
 const READERS: usize = 4;
 
+/// With `os` durability, how often the checkpointer thread moves the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// Only the checkpointer or another process can hold the lock we want; waiting a little beats
 /// failing a commit.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,6 +156,9 @@ pub struct SqliteStore {
     /// `None` only during drop, to close the queue before joining the writer.
     queue: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
+    /// With `os` durability: the thread that checkpoints the WAL beside the writer, and the
+    /// sender whose drop stops it.
+    checkpointer: Option<(SyncSender<()>, JoinHandle<()>)>,
     /// Published by the writer after each successful transaction.
     head: Arc<AtomicU64>,
     readers: Arc<ReadPool>,
@@ -200,6 +206,10 @@ impl SqliteStore {
             .name("handoff-store-writer".into())
             .spawn(move || writer.run(requests))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        let checkpointer = match durability {
+            Durability::Fsync => None,
+            Durability::Os => Some(start_checkpointer(&path).map_err(open_err)?),
+        };
 
         Ok(Self {
             readers: Arc::new(ReadPool {
@@ -210,6 +220,7 @@ impl SqliteStore {
             path,
             queue: Some(queue),
             writer: Some(handle),
+            checkpointer,
             head: shared_head,
         })
     }
@@ -266,6 +277,12 @@ impl Drop for SqliteStore {
         if let Some(handle) = self.writer.take() {
             if handle.join().is_err() {
                 tracing::error!(path = %self.path.display(), "the store writer thread panicked");
+            }
+        }
+        if let Some((stop, handle)) = self.checkpointer.take() {
+            drop(stop);
+            if handle.join().is_err() {
+                tracing::error!(path = %self.path.display(), "the store checkpointer thread panicked");
             }
         }
     }
@@ -843,9 +860,55 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(|e| format!("cannot set synchronous={synchronous}: {e}"))?;
+    if durability == Durability::Os {
+        // The checkpointer thread does it instead (see `start_checkpointer`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| format!("cannot turn off automatic checkpoints: {e}"))?;
+    }
     // A few more statements than the writer uses, so none is evicted and re-prepared.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Starts the thread that checkpoints the WAL every `CHECKPOINT_EVERY` with `os` durability.
+///
+/// With `synchronous=NORMAL` a commit writes the WAL and does not sync it; SQLite's automatic
+/// checkpoint, run by the commit that takes the WAL past 1,000 pages, syncs everything written
+/// since the last one and then the database file, and every commit queued behind it waits for
+/// those syncs: a stall every second or so at 1,000 interactions a second, which was the pop's
+/// p99. A PASSIVE checkpoint from another connection runs beside the writer instead, and the
+/// writer's commits still never wait for the disk. (With fsync durability every commit syncs
+/// the WAL anyway; moving the checkpoint there only made its syncs compete with the commits',
+/// measured worse, see docs/benchmarks.md.)
+fn start_checkpointer(path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>), String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| format!("cannot open the checkpoint connection: {e}"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| format!("cannot set busy_timeout: {e}"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| format!("cannot set synchronous=NORMAL: {e}"))?;
+    // Never sent on: dropping the sender is the signal to stop.
+    let (stop, stopped) = mpsc::sync_channel::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("handoff-store-checkpointer".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                });
+                match result {
+                    Ok((wal_pages, moved)) => {
+                        tracing::trace!(wal_pages, moved, "store: checkpointed the WAL")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "store: a WAL checkpoint failed"),
+                }
+            }
+            tracing::debug!("store checkpointer stopped");
+        })
+        .map_err(|e| format!("cannot start the checkpointer thread: {e}"))?;
+    Ok((stop, handle))
 }
 
 fn open_reader(path: &Path) -> Result<Connection, String> {

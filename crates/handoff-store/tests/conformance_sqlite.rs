@@ -315,3 +315,44 @@ async fn batch_failing_in_sqlite_rolls_back_alone() {
         .expect("seq 1");
     assert_eq!(store.head().await.unwrap(), 1);
 }
+
+/// With `os` durability the writer never checkpoints (a checkpoint's syncs inside a commit
+/// stalled every commit behind it): the checkpointer thread moves the WAL into the database
+/// file beside it, while the store stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_os_durability_the_checkpointer_moves_the_wal_into_the_database() {
+    let root = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(root.path(), Durability::Os).expect("open");
+    let database = store.db_path().to_path_buf();
+    let size = || std::fs::metadata(&database).expect("database file").len();
+    let before = size();
+    let events = (1..=64)
+        .map(|seq| StoredEvent {
+            seq,
+            event_type: "interaction.created".into(),
+            subject: format!("int-{seq}"),
+            time_ms: 1,
+            agents: vec![],
+            payload: "x".repeat(2048),
+        })
+        .collect();
+    store
+        .commit(Batch {
+            events,
+            ..Batch::default()
+        })
+        .await
+        .expect("commit");
+    // 64 events of 2 KiB are far below SQLite's own threshold (1,000 pages), so only the
+    // checkpointer can have moved them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() <= before + 64 * 2048 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {} bytes (it was {before}): nothing checkpointed the WAL",
+            size()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.events_after(0, 100).await.expect("read").len(), 64);
+}
