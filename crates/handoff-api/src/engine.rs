@@ -607,7 +607,7 @@ impl EngineTask {
                 event: event.clone(),
                 agents: agents.iter().map(|a| a.to_string()).collect(),
                 created_at,
-                payload: payload.clone(),
+                payload,
             });
             committed.events.push((seq, event));
         }

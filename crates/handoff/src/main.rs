@@ -15,6 +15,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: at 1,000 interactions a second glibc's allocator took
+/// about a quarter of the server's CPU (its `malloc_consolidate` and `unlink_chunk` also in
+/// the tail of a pop), measured in docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "handoff",
