@@ -50,6 +50,11 @@ use handoff_core::{
     State, Strategy, Target, Timestamp,
 };
 
+/// The allocator the `handoff` binary runs with, so that a decision is timed as the server
+/// makes it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AGENTS: usize = 10_000;
 const QUEUES: usize = 200;
 /// Agents that serve queues 0..=4 come back in the `agent_available` measure: j % 40 == 0.
