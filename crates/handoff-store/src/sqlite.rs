@@ -875,8 +875,7 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String
 /// With `synchronous=NORMAL` a commit writes the WAL and does not sync it; SQLite's automatic
 /// checkpoint, run by the commit that takes the WAL past 1,000 pages, syncs everything written
 /// since the last one and then the database file, and every commit queued behind it waits for
-/// those syncs: a stall every second or so at 1,000 interactions a second, which was the pop's
-/// p99. A PASSIVE checkpoint from another connection runs beside the writer instead, and the
+/// those syncs: a stall every second or so at 1,000 interactions a second. A PASSIVE checkpoint from another connection runs beside the writer instead, and the
 /// writer's commits still never wait for the disk. (With fsync durability every commit syncs
 /// the WAL anyway; moving the checkpoint there only made its syncs compete with the commits',
 /// measured worse, see docs/benchmarks.md.)
