@@ -105,6 +105,14 @@ fn spec(id: &str, target: Target, priority: i32, at: Timestamp) -> InteractionSp
     }
 }
 
+/// The caller `name` hangs up: its offer is revoked and the agent free again.
+fn hang_up(state: &mut State, name: &str, now: Timestamp) {
+    let hangup = Command::Hangup {
+        id: InteractionId::parse(name).unwrap(),
+    };
+    black_box(state.execute(hangup, now).unwrap());
+}
+
 fn exec(state: &mut State, command: Command, now: Timestamp) -> Vec<Event> {
     let shown = format!("{command:?}");
     state
@@ -251,10 +259,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..chunk {
                     let (name, create) = next_arrival(&mut counter, now);
                     black_box(state.execute(create, now).unwrap());
-                    let hangup = Command::Hangup {
-                        id: InteractionId::parse(&name).unwrap(),
-                    };
-                    black_box(state.execute(hangup, now).unwrap());
+                    hang_up(&mut state, &name, now);
                 }
                 total += start.elapsed();
                 done += chunk;
@@ -275,10 +280,7 @@ fn bench(c: &mut Criterion) {
                     let events = state.execute(create, now).unwrap();
                     debug_assert_eq!(offers(&events), 1);
                     black_box(events);
-                    let hangup = Command::Hangup {
-                        id: InteractionId::parse(&name).unwrap(),
-                    };
-                    black_box(state.execute(hangup, now).unwrap());
+                    hang_up(&mut state, &name, now);
                 }
                 total += start.elapsed();
                 done += chunk;
@@ -329,10 +331,7 @@ fn bench(c: &mut Criterion) {
                     total += took;
                     samples.push(took.as_nanos() as u64);
                     // Untimed: frees the agent again, so the world stays the same.
-                    let hangup = Command::Hangup {
-                        id: InteractionId::parse(&name).unwrap(),
-                    };
-                    black_box(state.execute(hangup, now).unwrap());
+                    hang_up(&mut state, &name, now);
                 }
                 done += chunk;
             }
