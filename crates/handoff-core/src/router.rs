@@ -2,7 +2,8 @@
 //! which of them can take a caller now, ordered by the queue's strategy, so that a decision
 //! reads the front of an ordered set instead of scanning every agent.
 
-use std::collections::BTreeSet;
+use std::collections::{btree_set, BTreeSet};
+use std::iter::Peekable;
 
 use crate::agent::Agent;
 use crate::fast_map::FastMap;
@@ -19,8 +20,8 @@ pub enum Room {
     Channels(Vec<String>),
 }
 
-/// The routable agents of one requirement level, split by where they have room, so that a
-/// caller of one channel reads only agents who can take it.
+/// The routable agents whose strictest level met is one level, split by where they have room,
+/// so that a caller of one channel reads only agents who can take it.
 #[derive(Debug, Clone, Default)]
 struct Routable {
     any: BTreeSet<(RouteKey, AgentId)>,
@@ -30,13 +31,18 @@ struct Routable {
 #[derive(Debug, Clone)]
 pub struct QueueIndex {
     pub config: QueueConfig,
-    /// Per requirement level (0 = base): the agents whose skills meet it. Levels relax, so each
-    /// set contains the one before it.
-    eligible: Vec<BTreeSet<AgentId>>,
-    /// Per level: the eligible agents that are available with room, in strategy order.
+    /// The agents whose skills meet some requirement level, with the first (strictest) level
+    /// they meet. Levels only relax (`QueueConfig::validate`), so an agent meets every level
+    /// from that one on: one lookup answers "eligible at level n", where a set per level cost
+    /// a B-tree search of text ids.
+    eligible_from: FastMap<AgentId, usize>,
+    levels: usize,
+    /// Per level: the agents available with room whose strictest level met is this one, in
+    /// strategy order. An agent is filed once, not at every level it meets, so that a change
+    /// of its key touches one set; a caller at level n reads levels 0..=n merged.
     routable: Vec<Routable>,
-    /// The key and the room each routable agent is filed under, to find it again.
-    filed: FastMap<AgentId, (RouteKey, Room)>,
+    /// The key, the room and the level each routable agent is filed under, to find it again.
+    filed: FastMap<AgentId, (RouteKey, Room, usize)>,
 }
 
 impl QueueIndex {
@@ -44,61 +50,61 @@ impl QueueIndex {
         let levels = config.levels();
         QueueIndex {
             config,
-            eligible: vec![BTreeSet::new(); levels],
+            eligible_from: FastMap::default(),
+            levels,
             routable: vec![Routable::default(); levels],
             filed: FastMap::default(),
         }
     }
 
     pub fn levels(&self) -> usize {
-        self.eligible.len()
+        self.levels
     }
 
     /// Whether the agent meets some level of this queue.
     pub fn serves(&self, agent: &AgentId) -> bool {
-        self.eligible.last().is_some_and(|set| set.contains(agent))
+        self.eligible_from.contains_key(agent)
     }
 
     /// Files the agent's eligibility anew from its skills; returns whether it serves the queue.
     pub fn set_skills(&mut self, agent: &Agent) -> bool {
         let id = &agent.profile.id;
         self.remove_routable(id);
-        let mut serves = false;
-        for level in 0..self.levels() {
-            if meets(&agent.profile.skills, self.config.requirement(level)) {
-                self.eligible[level].insert(id.clone());
-                serves = true;
-            } else {
-                self.eligible[level].remove(id);
+        let first_met = (0..self.levels())
+            .find(|&level| meets(&agent.profile.skills, self.config.requirement(level)));
+        match first_met {
+            Some(level) => {
+                self.eligible_from.insert(id.clone(), level);
+                true
+            }
+            None => {
+                self.eligible_from.remove(id);
+                false
             }
         }
-        serves
     }
 
     pub fn remove_agent(&mut self, agent: &AgentId) {
         self.remove_routable(agent);
-        for set in &mut self.eligible {
-            set.remove(agent);
-        }
+        self.eligible_from.remove(agent);
     }
 
     fn remove_routable(&mut self, agent: &AgentId) {
-        let Some((key, room)) = self.filed.remove(agent) else {
+        let Some((key, room, level)) = self.filed.remove(agent) else {
             return;
         };
         let entry = (key, agent.clone());
-        for level in &mut self.routable {
-            match &room {
-                Room::Any => {
-                    level.any.remove(&entry);
-                }
-                Room::Channels(channels) => {
-                    for channel in channels {
-                        if let Some(set) = level.by_channel.get_mut(channel) {
-                            set.remove(&entry);
-                            if set.is_empty() {
-                                level.by_channel.remove(channel);
-                            }
+        let sets = &mut self.routable[level];
+        match &room {
+            Room::Any => {
+                sets.any.remove(&entry);
+            }
+            Room::Channels(channels) => {
+                for channel in channels {
+                    if let Some(set) = sets.by_channel.get_mut(channel) {
+                        set.remove(&entry);
+                        if set.is_empty() {
+                            sets.by_channel.remove(channel);
                         }
                     }
                 }
@@ -114,31 +120,25 @@ impl QueueIndex {
         let Some(room) = room else {
             return;
         };
+        let Some(&level) = self.eligible_from.get(id) else {
+            return;
+        };
         let key = self.key_of(agent, today);
-        let mut filed = false;
-        for level in 0..self.levels() {
-            if !self.eligible[level].contains(id) {
-                continue;
+        let sets = &mut self.routable[level];
+        match &room {
+            Room::Any => {
+                sets.any.insert((key, id.clone()));
             }
-            let sets = &mut self.routable[level];
-            match &room {
-                Room::Any => {
-                    sets.any.insert((key, id.clone()));
-                }
-                Room::Channels(channels) => {
-                    for channel in channels {
-                        sets.by_channel
-                            .entry(channel.clone())
-                            .or_default()
-                            .insert((key, id.clone()));
-                    }
+            Room::Channels(channels) => {
+                for channel in channels {
+                    sets.by_channel
+                        .entry(channel.clone())
+                        .or_default()
+                        .insert((key, id.clone()));
                 }
             }
-            filed = true;
         }
-        if filed {
-            self.filed.insert(id.clone(), (key, room));
-        }
+        self.filed.insert(id.clone(), (key, room, level));
     }
 
     /// The agent's place in this queue's strategy order.
@@ -163,33 +163,49 @@ impl QueueIndex {
             .sum()
     }
 
-    /// Available agents with room on `channel` that meet `level`, best first: the agents with
-    /// a total capacity and those with room on that channel, merged in strategy order.
+    /// The routable sets of the levels a caller at `level` may be offered from: 0..=level.
+    fn sets_up_to(&self, level: usize) -> &[Routable] {
+        self.routable.get(..=level).unwrap_or(&[])
+    }
+
+    /// Available agents with room on `channel` that meet `level`, best first: of every level
+    /// up to it, the agents with a total capacity and those with room on that channel, merged
+    /// in strategy order (the sets are disjoint: each agent is filed once).
     pub fn routable_at<'a>(
         &'a self,
         level: usize,
         channel: &str,
     ) -> impl Iterator<Item = &'a AgentId> + 'a {
-        let sets = self.routable.get(level);
-        let mut any = sets.into_iter().flat_map(|s| s.any.iter()).peekable();
-        let mut own = sets
-            .and_then(|s| s.by_channel.get(channel))
-            .into_iter()
+        let mut sources: Vec<Peekable<btree_set::Iter<'a, (RouteKey, AgentId)>>> = self
+            .sets_up_to(level)
+            .iter()
+            .flat_map(|sets| [Some(&sets.any), sets.by_channel.get(channel)])
             .flatten()
-            .peekable();
-        std::iter::from_fn(move || match (any.peek(), own.peek()) {
-            (Some(a), Some(b)) if b < a => own.next(),
-            (Some(_), _) => any.next(),
-            (None, _) => own.next(),
+            .filter(|set| !set.is_empty())
+            .map(|set| set.iter().peekable())
+            .collect();
+        std::iter::from_fn(move || {
+            let mut best: Option<(usize, &'a (RouteKey, AgentId))> = None;
+            for (index, source) in sources.iter_mut().enumerate() {
+                let Some(&candidate) = source.peek() else {
+                    continue;
+                };
+                if best.is_none_or(|(_, ahead)| candidate < ahead) {
+                    best = Some((index, candidate));
+                }
+            }
+            let (index, _) = best?;
+            sources[index].next()
         })
         .map(|(_, agent)| agent)
     }
 
     /// How many agents `routable_at(level, channel)` yields, without walking them.
     pub fn routable_count(&self, level: usize, channel: &str) -> usize {
-        self.routable.get(level).map_or(0, |sets| {
-            sets.any.len() + sets.by_channel.get(channel).map_or(0, BTreeSet::len)
-        })
+        self.sets_up_to(level)
+            .iter()
+            .map(|sets| sets.any.len() + sets.by_channel.get(channel).map_or(0, BTreeSet::len))
+            .sum()
     }
 }
 

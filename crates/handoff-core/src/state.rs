@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::agent::{Activity, Agent, Capacity, Presence, PresenceSource, PresenceStatus};
 use crate::command::{Command, CommandError};
 use crate::event::{Event, OfferEndReason, Routing};
-use crate::fast_map::FastMap;
+use crate::fast_map::{FastMap, OrderedFastMap};
 use crate::ids::{AgentId, InteractionId, QueueName, Seq, Timestamp};
 use crate::interaction::{Interaction, InteractionState, Target};
 use crate::queue::{QueueConfig, Strategy};
@@ -82,8 +82,8 @@ enum TimerKind {
 #[derive(Debug, Clone)]
 pub struct State {
     settings: Settings,
-    agents: BTreeMap<AgentId, Agent>,
-    queues: BTreeMap<QueueName, QueueIndex>,
+    agents: OrderedFastMap<AgentId, Agent>,
+    queues: OrderedFastMap<QueueName, QueueIndex>,
     /// The queues each agent serves at some level.
     memberships: FastMap<AgentId, BTreeSet<QueueName>>,
     interactions: FastMap<InteractionId, Interaction>,
@@ -154,8 +154,8 @@ impl State {
     pub fn new(settings: Settings) -> State {
         State {
             settings,
-            agents: BTreeMap::new(),
-            queues: BTreeMap::new(),
+            agents: OrderedFastMap::default(),
+            queues: OrderedFastMap::default(),
             memberships: FastMap::default(),
             interactions: FastMap::default(),
             creation_order: Vec::new(),
@@ -199,6 +199,38 @@ impl State {
                     self.member_counts.insert(name.clone(), counts);
                 }
             }
+        }
+    }
+
+    /// The presence and activity `member_counts` count the agent under.
+    fn counted_as(&self, agent_id: &AgentId) -> (PresenceStatus, Activity) {
+        let presence = self
+            .agents
+            .get(agent_id)
+            .map_or(PresenceStatus::Offline, |agent| agent.presence.status);
+        (presence, self.activity(agent_id))
+    }
+
+    /// Moves the agent between counts in every queue it is a member of.
+    fn move_member(
+        &mut self,
+        agent_id: &AgentId,
+        was: (PresenceStatus, Activity),
+        now: (PresenceStatus, Activity),
+    ) {
+        if !self.agents.contains_key(agent_id) {
+            return;
+        }
+        let Some(queues) = self.memberships.get(agent_id) else {
+            return;
+        };
+        for name in queues {
+            let counts = match self.member_counts.get_mut(name) {
+                Some(counts) => counts,
+                None => self.member_counts.entry(name.clone()).or_default(),
+            };
+            counts.add(was.0, was.1, false);
+            counts.add(now.0, now.1, true);
         }
     }
 
@@ -1057,19 +1089,22 @@ impl State {
     fn dispatch(&mut self, out: &mut Events, now: Timestamp) {
         loop {
             let mut best: Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> = None;
-            let lines: Vec<LineKey> = self.dirty.iter().cloned().collect();
-            for line in lines {
-                match self.servable_head(&line, now) {
+            let mut unservable: Vec<LineKey> = Vec::new();
+            let mut examined = 0;
+            for line in &self.dirty {
+                match self.servable_head(line, now, &mut examined) {
                     Some((key, id, agents, routing)) => {
                         if best.as_ref().is_none_or(|(best_key, ..)| key < *best_key) {
                             best = Some((key, id, agents, routing));
                         }
                     }
-                    // Offers only take room away: it stays unservable until marked again.
-                    None => {
-                        self.dirty.remove(&line);
-                    }
+                    None => unservable.push(line.clone()),
                 }
+            }
+            self.examined += examined;
+            // Offers only take room away: such a line stays unservable until marked again.
+            for line in &unservable {
+                self.dirty.remove(line);
             }
             let Some((_, id, agents, routing)) = best else {
                 break;
@@ -1095,9 +1130,10 @@ impl State {
     /// Within one priority, a caller who waited less never has a laxer requirement than one
     /// ahead of it, so only the first caller of each priority needs a look.
     fn servable_head(
-        &mut self,
+        &self,
         line: &LineKey,
         now: Timestamp,
+        examined: &mut u64,
     ) -> Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> {
         let mut next = self
             .lines
@@ -1106,7 +1142,7 @@ impl State {
             .next()
             .map(|(k, id)| (*k, id.clone()));
         while let Some((key, id)) = next {
-            if let Some((agents, routing)) = self.pick_agents(line, &id, now) {
+            if let Some((agents, routing)) = self.pick_agents(line, &id, now, examined) {
                 return Some((key, id, agents, routing));
             }
             let lower = key.0 .0.checked_sub(1)?;
@@ -1121,16 +1157,18 @@ impl State {
     }
 
     /// The agents to offer this waiting caller to now, and why; `None` when nobody can take it.
+    /// Adds the agents it looked at to `examined`.
     fn pick_agents(
-        &mut self,
+        &self,
         line: &LineKey,
         id: &InteractionId,
         now: Timestamp,
+        examined: &mut u64,
     ) -> Option<(Vec<AgentId>, Routing)> {
         let interaction = &self.interactions[id];
         match line {
             LineKey::Agent(agent, channel) => {
-                self.examined += 1;
+                *examined += 1;
                 self.can_take(agent, channel).then(|| {
                     let routing = Routing {
                         strategy: None,
@@ -1148,9 +1186,8 @@ impl State {
                 let missed = &interaction.just_missed_by;
                 let mut chosen = Vec::new();
                 let mut skipped_missed = Vec::new();
-                let mut examined = 0u64;
                 for agent in index.routable_at(level, channel) {
-                    examined += 1;
+                    *examined += 1;
                     if !self.can_take(agent, channel) {
                         continue;
                     }
@@ -1176,7 +1213,6 @@ impl State {
                 } else if !skipped_missed.is_empty() {
                     reason_suffix.push_str("; the agents who just missed it were passed over");
                 }
-                self.examined += examined;
                 if chosen.is_empty() {
                     return None;
                 }
@@ -1252,20 +1288,44 @@ impl State {
         let mut touched: Vec<AgentId> = event
             .interaction_id()
             .and_then(|id| self.interactions.get(id))
-            .map(|interaction| holders(interaction).into_iter().collect())
+            .map(holders)
             .unwrap_or_default();
         if let Some(agent) = named_agent(event) {
             if !touched.contains(agent) {
                 touched.push(agent.clone());
             }
         }
-        for agent in &touched {
-            self.count_member(agent, false);
-        }
-        let recipients = self.apply_event(event);
-        for agent in &touched {
-            self.count_member(agent, true);
-        }
+        let changes_membership = matches!(
+            event,
+            Event::AgentCreated { .. }
+                | Event::AgentUpdated { .. }
+                | Event::AgentDeleted { .. }
+                | Event::QueueUpserted { .. }
+                | Event::QueueDeleted { .. }
+        );
+        let recipients = if changes_membership {
+            for agent in &touched {
+                self.count_member(agent, false);
+            }
+            let recipients = self.apply_event(event);
+            for agent in &touched {
+                self.count_member(agent, true);
+            }
+            recipients
+        } else {
+            // The common case, every interaction event: memberships stay, so each agent whose
+            // presence or activity changed moves between counts in one pass over its queues.
+            let before: Vec<(PresenceStatus, Activity)> =
+                touched.iter().map(|agent| self.counted_as(agent)).collect();
+            let recipients = self.apply_event(event);
+            for (agent, was) in touched.iter().zip(before) {
+                let now = self.counted_as(agent);
+                if now != was {
+                    self.move_member(agent, was, now);
+                }
+            }
+            recipients
+        };
         match event {
             Event::QueueUpserted { config, .. } => self.recount_queue(&config.name),
             Event::QueueDeleted { name, .. } => {
@@ -1565,7 +1625,7 @@ impl State {
         if joins_line {
             self.join_line(&id);
         }
-        for agent in holders_before.difference(&holders_after) {
+        for agent in holders_not_in(&holders_before, &holders_after) {
             if let Some(set) = self.held.get_mut(agent) {
                 set.remove(&id);
                 if set.is_empty() {
@@ -1576,7 +1636,7 @@ impl State {
                 }
             }
         }
-        for agent in holders_after.difference(&holders_before) {
+        for agent in holders_not_in(&holders_after, &holders_before) {
             self.held
                 .entry(agent.clone())
                 .or_default()
@@ -1593,7 +1653,13 @@ impl State {
                 _ => (day, 1),
             };
         }
-        let touched: BTreeSet<AgentId> = holders_before.union(&holders_after).cloned().collect();
+        let mut touched = holders_before;
+        touched.extend(
+            holders_not_in(&holders_after, &touched)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        touched.sort_unstable();
         for agent in &touched {
             self.refile(agent);
         }
@@ -1604,7 +1670,7 @@ impl State {
             | Event::OfferRevoked { agent, .. }
             | Event::InteractionRejected { agent, .. }
             | Event::InteractionAccepted { agent, .. } => vec![agent.clone()],
-            _ => touched.into_iter().collect(),
+            _ => touched,
         }
     }
 
@@ -1715,7 +1781,7 @@ impl State {
             return;
         };
         let mut serves = BTreeSet::new();
-        for (name, index) in self.queues.iter_mut() {
+        for (name, index) in self.queues.iter_mut_unordered() {
             if index.set_skills(agent) {
                 serves.insert(name.clone());
             }
@@ -1790,15 +1856,26 @@ fn named_agent(event: &Event) -> Option<&AgentId> {
     }
 }
 
-/// The agents holding an interaction: those it is offered to, or its agent once accepted.
-fn holders(interaction: &Interaction) -> BTreeSet<AgentId> {
+/// The agents holding an interaction, in order: those it is offered to, or its agent once
+/// accepted. A vector, not a set: it is made for every event and holds one agent or none,
+/// except while a `ring_all` queue rings.
+fn holders(interaction: &Interaction) -> Vec<AgentId> {
     match interaction.state {
-        InteractionState::Offered => interaction.offered_to.clone(),
+        InteractionState::Offered => interaction.offered_to.iter().cloned().collect(),
         InteractionState::Accepted | InteractionState::WrapUp => {
             interaction.agent.iter().cloned().collect()
         }
-        _ => BTreeSet::new(),
+        _ => Vec::new(),
     }
+}
+
+/// The agents of `of` that are not in `other`; both sorted, as `holders` makes them.
+fn holders_not_in<'a>(
+    of: &'a [AgentId],
+    other: &'a [AgentId],
+) -> impl Iterator<Item = &'a AgentId> + 'a {
+    of.iter()
+        .filter(move |agent| other.binary_search(agent).is_err())
 }
 
 fn single(agents: &BTreeSet<AgentId>) -> Option<AgentId> {
