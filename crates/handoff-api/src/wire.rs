@@ -2,6 +2,7 @@
 //! stores events in their wire form and recovery reads them back), views, targets and times.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use handoff_core::{
     Agent, AgentId, AgentProfile, Capacity, EscalationStep, Event, Interaction, InteractionId,
@@ -730,7 +731,7 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             let spec: SpecData = serde_json::from_value(data["interaction"].clone())
                 .map_err(|e| fail(format!("interaction: {e}")))?;
             Event::InteractionCreated {
-                spec: InteractionSpec {
+                spec: Arc::new(InteractionSpec {
                     id: InteractionId::parse(&spec.id).map_err(|e| fail(e.to_string()))?,
                     caller: spec.caller,
                     dialed: spec.dialed,
@@ -749,7 +750,7 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
                     created_by: spec.created_by,
                     created_at: parse_time(&spec.created_at)
                         .ok_or_else(|| fail("created_at".to_owned()))?,
-                },
+                }),
             }
         }
         "interaction.queued" => Event::InteractionQueued {
@@ -1012,7 +1013,7 @@ mod tests {
                     since: t(5),
                 },
             },
-            Event::InteractionCreated { spec },
+            Event::InteractionCreated { spec: spec.into() },
             Event::InteractionQueued {
                 id: ix("ix_1"),
                 target: Target::Queue(queue("billing")),

@@ -1,5 +1,7 @@
 //! The closed set of events: every change to the state is one of these, appended to the log.
 
+use std::sync::Arc;
+
 use crate::agent::{AgentProfile, Presence};
 use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
 use crate::interaction::{InteractionSpec, Target};
@@ -75,7 +77,8 @@ pub enum Event {
         presence: Presence,
     },
     InteractionCreated {
-        spec: InteractionSpec,
+        /// Shared with the interaction the state keeps: the context can be kilobytes.
+        spec: Arc<InteractionSpec>,
     },
     InteractionQueued {
         id: InteractionId,

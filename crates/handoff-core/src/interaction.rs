@@ -1,6 +1,7 @@
 //! Interactions: one caller handed from an IVR to an agent, from creation to a terminal state.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
 
@@ -83,7 +84,7 @@ pub struct InteractionSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interaction {
-    pub spec: InteractionSpec,
+    pub spec: Arc<InteractionSpec>,
     pub state: InteractionState,
     /// Where it is headed now: the original target, a fallback, or a transfer's target.
     pub current_target: Target,

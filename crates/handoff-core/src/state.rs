@@ -66,10 +66,11 @@ type WaitingKey = (Reverse<i32>, Timestamp, u64);
 
 /// Callers wait per target and channel: within one line every caller needs the same kind of
 /// room, so the first caller of a priority that cannot be served means none after it can.
+/// The channel is shared, not owned: a key is copied into three indexes per caller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum LineKey {
-    Agent(AgentId, String),
-    Queue(QueueName, String),
+    Agent(AgentId, Arc<str>),
+    Queue(QueueName, Arc<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -407,7 +408,7 @@ impl State {
     }
 
     fn line_key(interaction: &Interaction) -> LineKey {
-        let channel = interaction.spec.channel.clone();
+        let channel = Arc::from(interaction.spec.channel.as_str());
         match &interaction.current_target {
             Target::Agent(agent) => LineKey::Agent(agent.clone(), channel),
             Target::Queue(queue) => LineKey::Queue(queue.clone(), channel),
@@ -446,7 +447,8 @@ impl State {
         self.check(&command)?;
         self.refresh_day(now);
         self.relax_requirements(now);
-        let mut out = Vec::new();
+        // Room for the usual arrival (created, queued, offered) without growing.
+        let mut out = Vec::with_capacity(4);
         self.run(&mut out, command, now);
         self.dispatch(&mut out, now);
         Ok(out)
@@ -637,6 +639,7 @@ impl State {
             Command::CreateInteraction { spec } => {
                 let id = spec.id.clone();
                 let target = spec.target.clone();
+                let spec = Arc::new(spec);
                 self.emit(out, Event::InteractionCreated { spec });
                 self.route(out, &id, target, now);
             }
@@ -1014,7 +1017,7 @@ impl State {
             let channel = self.interactions[id].spec.channel.clone();
             let nobody_ahead = self
                 .lines
-                .get(&LineKey::Agent(agent.clone(), channel.clone()))
+                .get(&LineKey::Agent(agent.clone(), Arc::from(channel.as_str())))
                 .is_none_or(BTreeMap::is_empty);
             if nobody_ahead && self.can_take(agent, &channel) {
                 let routing = Routing {
@@ -1112,14 +1115,25 @@ impl State {
             let interaction = &self.interactions[&id];
             let target = interaction.current_target.clone();
             let expires_at = now.plus_seconds(self.offer_timeout_s(interaction));
-            for agent in agents {
+            // Each offer carries the routing: a copy for all but the last, which takes it.
+            let mut agents = agents.into_iter().peekable();
+            let mut routing = Some(routing);
+            while let Some(agent) = agents.next() {
+                let this_routing = if agents.peek().is_some() {
+                    routing.clone()
+                } else {
+                    routing.take()
+                };
+                let Some(this_routing) = this_routing else {
+                    break;
+                };
                 let event = Event::InteractionOffered {
                     id: id.clone(),
                     agent,
                     target: target.clone(),
                     expires_at,
                     at: now,
-                    routing: routing.clone(),
+                    routing: this_routing,
                 };
                 self.emit(out, event);
             }
@@ -1654,11 +1668,12 @@ impl State {
             };
         }
         let mut touched = holders_before;
-        touched.extend(
-            holders_not_in(&holders_after, &touched)
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        let before_count = touched.len();
+        for agent in holders_after {
+            if touched[..before_count].binary_search(&agent).is_err() {
+                touched.push(agent);
+            }
+        }
         touched.sort_unstable();
         for agent in &touched {
             self.refile(agent);
@@ -1793,7 +1808,7 @@ impl State {
     /// Marks the lines an agent with room could serve: those addressed to it and those of its
     /// queues.
     fn mark_lines_of(&mut self, agent: &AgentId) {
-        let addressed = LineKey::Agent(agent.clone(), String::new());
+        let addressed = LineKey::Agent(agent.clone(), Arc::from(""));
         let mut marked: Vec<LineKey> = self
             .lines
             .range(addressed..)
@@ -1802,7 +1817,7 @@ impl State {
             .cloned()
             .collect();
         for queue in self.memberships.get(agent).into_iter().flatten() {
-            let first = LineKey::Queue(queue.clone(), String::new());
+            let first = LineKey::Queue(queue.clone(), Arc::from(""));
             marked.extend(
                 self.lines
                     .range(first..)

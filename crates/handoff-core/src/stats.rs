@@ -34,8 +34,9 @@
 //! O(log n + k), k being the records in the union of its two windows. The service-level threshold
 //! is a query argument, so the windows are summed at query time rather than kept as running sums.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
+use crate::fast_map::FastMap;
 use crate::ids::{QueueName, Timestamp};
 
 /// Length of the `last_15m` window.
@@ -110,8 +111,9 @@ struct Record {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStatistics {
     // A queue is present only while it has records, so a pruned state equals one that never
-    // saw those records.
-    queues: BTreeMap<QueueName, VecDeque<Record>>,
+    // saw those records. Hashed: every interaction event records here, and nothing walks the
+    // queues in order.
+    queues: FastMap<QueueName, VecDeque<Record>>,
 }
 
 impl QueueStatistics {

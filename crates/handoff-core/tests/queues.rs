@@ -333,7 +333,10 @@ impl Centre {
     ) -> Vec<Event> {
         let spec = spec(id, to_queue(queue), channel, priority, now);
         let mut events = self.run(Command::CreateInteraction { spec: spec.clone() }, now);
-        assert_eq!(events.first(), Some(&Event::InteractionCreated { spec }));
+        assert_eq!(
+            events.first(),
+            Some(&Event::InteractionCreated { spec: spec.into() })
+        );
         events.remove(0);
         events
     }
@@ -1182,7 +1185,7 @@ fn ring_all_events_about_one_agents_offer_are_for_that_agent_only() {
     assert_eq!(
         cc.run_with_recipients(Command::CreateInteraction { spec: spec.clone() }, s(10)),
         vec![
-            (Event::InteractionCreated { spec }, vec![]),
+            (Event::InteractionCreated { spec: spec.into() }, vec![]),
             (queued("c1", "hotline", s(10), false), vec![]),
             (
                 offered("c1", "alice", "hotline", s(10), 20, ring.clone()),
