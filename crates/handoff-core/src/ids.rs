@@ -24,9 +24,41 @@ macro_rules! identifier {
         $(#[$doc])*
         ///
         /// Shared text: ids are cloned into every event, index and map entry that names them,
-        /// and a clone only counts a reference.
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        /// and a clone only counts a reference. Two clones of one id are the same text, so
+        /// equality and order look at the pointers first and compare the text only when they
+        /// differ: most comparisons in the state's maps are between clones.
+        #[derive(Debug, Clone)]
         pub struct $name(Arc<str>);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    self.0.cmp(&other.0)
+                }
+            }
+        }
 
         impl $name {
             /// Accepts `[A-Za-z0-9._-]{1,64}`.
@@ -151,6 +183,27 @@ mod tests {
         assert_eq!(AgentId::parse("al ice"), Err(IdError::BadIdentifier));
         assert_eq!(AgentId::parse("zoë"), Err(IdError::BadIdentifier));
         assert_eq!(AgentId::parse("a/b"), Err(IdError::BadIdentifier));
+    }
+
+    #[test]
+    fn ids_compare_by_text_whether_or_not_they_share_it() {
+        use std::cmp::Ordering;
+        use std::hash::BuildHasher;
+
+        let alice = AgentId::parse("alice").unwrap();
+        let same_text = AgentId::parse("alice").unwrap();
+        let clone = alice.clone();
+        let bob = AgentId::parse("bob").unwrap();
+        let hasher = std::collections::hash_map::RandomState::new();
+        for equal in [&same_text, &clone] {
+            assert_eq!(&alice, equal);
+            assert_eq!(alice.cmp(equal), Ordering::Equal);
+            assert_eq!(hasher.hash_one(&alice), hasher.hash_one(equal));
+        }
+        assert_ne!(alice, bob);
+        assert_eq!(alice.cmp(&bob), Ordering::Less);
+        assert_eq!(bob.cmp(&same_text), Ordering::Greater);
+        assert!(AgentId::lowest() < alice);
     }
 
     #[test]

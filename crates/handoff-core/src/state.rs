@@ -1808,7 +1808,7 @@ impl State {
     /// Marks the lines an agent with room could serve: those addressed to it and those of its
     /// queues.
     fn mark_lines_of(&mut self, agent: &AgentId) {
-        let addressed = LineKey::Agent(agent.clone(), Arc::from(""));
+        let addressed = LineKey::Agent(agent.clone(), lowest_channel());
         let mut marked: Vec<LineKey> = self
             .lines
             .range(addressed..)
@@ -1817,7 +1817,7 @@ impl State {
             .cloned()
             .collect();
         for queue in self.memberships.get(agent).into_iter().flatten() {
-            let first = LineKey::Queue(queue.clone(), Arc::from(""));
+            let first = LineKey::Queue(queue.clone(), lowest_channel());
             marked.extend(
                 self.lines
                     .range(first..)
@@ -1850,6 +1850,13 @@ impl State {
             }
         }
     }
+}
+
+/// The smallest channel, for the lower bound of a range of lines; made once, as range bounds
+/// are built whenever an agent gets room.
+fn lowest_channel() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
 }
 
 /// The agent an event names, if any.
