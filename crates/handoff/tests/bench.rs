@@ -148,6 +148,37 @@ fn a_dropped_pop_is_reported_lost_and_fails_the_bench() {
 }
 
 #[test]
+fn agents_that_ack_every_event_find_their_acks_kept_by_the_server() {
+    let mut args = SMALL.to_vec();
+    args.push("--acks");
+    let report = report_of_success(&run_bench(&args));
+    assert_eq!(report["config"]["acks"], true, "{report:#}");
+    assert_eq!(report["handoff"]["errors"], 0, "{report:#}");
+    assert_eq!(
+        report["handoff"]["pops_received"], report["handoff"]["created"],
+        "{report:#}"
+    );
+}
+
+#[test]
+fn acks_the_server_never_got_are_reported_and_fail_the_bench() {
+    let mut args = SMALL.to_vec();
+    args.extend(["--acks", "--withhold-acks-for-test"]);
+    let output = run_bench(&args);
+    assert!(
+        !output.status.success(),
+        "the bench passed; stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report_of(&output);
+    assert_eq!(report["ok"], false, "{report:#}");
+    assert_eq!(
+        report["handoff"]["errors_by_kind"]["ack_not_durable"]["count"], 1,
+        "{report:#}"
+    );
+}
+
+#[test]
 fn bad_arguments_are_refused_before_anything_starts() {
     let output = run_bench(&["--agents", "0"]);
     assert!(!output.status.success());

@@ -5,13 +5,16 @@
 //! skill of one queue, round-robin. `connect` opens each agent's WebSocket stream and sets it
 //! `available` with its own token, as a desktop would. On each `interaction.offered` an agent
 //! notes the receipt time (before parsing), accepts, waits the handling time and completes.
+//! With `--acks` it also acknowledges every event it receives, as a desktop built on
+//! `handoff-client` does, and `confirm_acks` checks afterwards that the server kept them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -23,6 +26,8 @@ use super::progress::Bar;
 /// Set-up requests and stream connections in flight at once.
 const SETUP_CONCURRENCY: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server gets to make the last acks durable: they are not waited for.
+const ACKS_WAIT: Duration = Duration::from_secs(5);
 /// How long an offer from a bench queue stays open: longer than the wait for the last pops,
 /// so a lost pop is never masked by the offer timing out and going to another agent.
 pub const QUEUE_OFFER_TIMEOUT_S: u64 = 600;
@@ -243,6 +248,15 @@ pub struct Desk {
     pub drop_next_pop: AtomicBool,
     /// Streams that ended before the bench closed them.
     pub closed_early: AtomicUsize,
+    /// Whether agents acknowledge every event they receive (`--acks`).
+    pub acks: bool,
+    /// Test only: agents note acks as sent but do not send them, which `confirm_acks` must
+    /// then find.
+    pub withhold_acks_for_test: bool,
+    /// Per agent, the highest `seq` it acknowledged.
+    pub acked: std::sync::Mutex<HashMap<String, u64>>,
+    /// Acks the agents sent (with the test switch: noted and withheld).
+    pub acks_sent: AtomicUsize,
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -354,6 +368,18 @@ async fn run_agent<S>(
         let Ok(event) = serde_json::from_str::<Value>(text.as_str()) else {
             continue;
         };
+        if desk.acks {
+            if let Some(seq) = event.get("seq").and_then(Value::as_u64) {
+                if !desk.withhold_acks_for_test {
+                    // A failed send means a broken stream, which the next read reports.
+                    let _ = ws.send(Message::text(format!("{{\"ack\":{seq}}}"))).await;
+                }
+                desk.acks_sent.fetch_add(1, Ordering::Relaxed);
+                let mut acked = desk.acked.lock().unwrap_or_else(|e| e.into_inner());
+                let highest = acked.entry(agent.clone()).or_default();
+                *highest = (*highest).max(seq);
+            }
+        }
         if event["type"] != "interaction.offered" {
             continue;
         }
@@ -421,4 +447,35 @@ async fn post(
     }
     let text = response.text().await.unwrap_or_default();
     Err(format!("{url}: {status}: {}", truncate(&text, 200)))
+}
+
+/// With `--acks`: waits until the server's `acked_seq` of every agent has reached the highest
+/// `seq` it acknowledged, and returns the agents still behind after `ACKS_WAIT` (acks are
+/// durable with the engine's next commit, not answered, so they get a moment).
+pub async fn confirm_acks(api: &Api, admin: &str, desk: &Desk) -> anyhow::Result<Vec<String>> {
+    let expected: HashMap<String, u64> =
+        desk.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let deadline = Instant::now() + ACKS_WAIT;
+    loop {
+        let listing = api
+            .call(reqwest::Method::GET, "/v1/agents", admin, None)
+            .await
+            .context("listing the agents to check their acks")?;
+        let on_server: HashMap<&str, u64> = listing["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|agent| Some((agent["id"].as_str()?, agent["acked_seq"].as_u64()?)))
+            .collect();
+        let mut behind: Vec<String> = expected
+            .iter()
+            .filter(|(agent, seq)| on_server.get(agent.as_str()).is_none_or(|kept| kept < seq))
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        if behind.is_empty() || Instant::now() >= deadline {
+            behind.sort();
+            return Ok(behind);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -110,6 +110,16 @@ pub struct BenchArgs {
     /// bench must then report as lost, and fail.
     #[arg(long, hide = true)]
     pub drop_pop_for_test: bool,
+    /// Each simulated agent acknowledges every event it receives (`{"ack": seq}`), as a
+    /// desktop built on handoff-client does, and the bench checks afterwards that every
+    /// agent's `acked_seq` on the server caught up. Off by default, so that figures compare
+    /// with runs made before it existed.
+    #[arg(long)]
+    pub acks: bool,
+    /// Test only: with --acks, agents do not send the acks they note, which the bench must
+    /// then report, and fail.
+    #[arg(long, hide = true, requires = "acks")]
+    pub withhold_acks_for_test: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -274,6 +284,7 @@ async fn measure(
         "pop_wait_s": POP_WAIT.as_secs(),
         "max_in_flight": plan.max_in_flight,
         "runs": args.runs,
+        "acks": args.acks,
         "baseline_subscriber_connections": plan.agents.min(baselines::SUBSCRIBER_CONNECTIONS),
     });
     Ok(Report { config, runs })
@@ -399,6 +410,10 @@ async fn run_handoff(
         tracker: OnceLock::new(),
         drop_next_pop: AtomicBool::new(args.drop_pop_for_test),
         closed_early: AtomicUsize::new(0),
+        acks: args.acks,
+        withhold_acks_for_test: args.withhold_acks_for_test,
+        acked: std::sync::Mutex::new(std::collections::HashMap::new()),
+        acks_sent: AtomicUsize::new(0),
         stop,
     });
     let mut streams = agents::connect(&desk, &fixture, bar).await?;
@@ -444,6 +459,24 @@ async fn run_handoff(
     let cpu_after = pid.and_then(server::cpu_seconds);
     ticker.abort();
     bar.finish();
+    if desk.acks {
+        let sent = desk.acks_sent.load(Ordering::Relaxed);
+        let behind = agents::confirm_acks(api, admin, &desk).await?;
+        if behind.is_empty() {
+            bar.note(&format!(
+                "acks: {sent} sent; every agent's acked_seq on the server caught up"
+            ));
+        } else {
+            tracker.error(
+                "ack_not_durable".to_owned(),
+                format!(
+                    "{} agents' acked_seq on the server stayed behind what they acknowledged, e.g. {}",
+                    behind.len(),
+                    behind[0]
+                ),
+            );
+        }
+    }
     let _ = stop_agents.send(true);
     // Each agent closes its stream; those not done by then are cut off.
     let closing = futures_util::future::join_all(streams.iter_mut());
