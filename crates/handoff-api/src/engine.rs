@@ -116,6 +116,12 @@ pub struct Shared {
     revoked: broadcast::Sender<Arc<Vec<String>>>,
     /// `queue.stats` events: not in the log, no `seq`, never replayed.
     stats: broadcast::Sender<Arc<StatsEvent>>,
+    /// Acks received and not yet staged, per agent the highest: a desktop acks every event,
+    /// so between two groups one agent's acks become one row, and none of them takes a place
+    /// in the engine's inbox. The engine takes them all into each group it builds.
+    pending_acks: Mutex<PendingAcks>,
+    /// Wakes the engine when `pending_acks` stops being empty.
+    acks_waiting: tokio::sync::Notify,
     pub keys: crate::auth::KeyRing,
 }
 
@@ -270,8 +276,16 @@ impl Engine {
 
     /// Records an ack; durable with the next commit, never waited for.
     pub fn ack(&self, agent: AgentId, seq: Seq) {
-        // A full channel drops this ack; acks are cumulative, the next one covers it.
-        let _ = self.requests.try_send(Request::Ack { agent, seq });
+        let first = self
+            .shared
+            .pending_acks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add(agent, seq);
+        // Later acks find the engine already told: it takes every pending ack at once.
+        if first {
+            self.shared.acks_waiting.notify_one();
+        }
     }
 
     pub async fn add_key(&self, record: KeyRecord) -> Result<(), EngineError> {
@@ -290,6 +304,27 @@ impl Engine {
             .await
             .map_err(|_| EngineError::Stopped)?;
         answer.await.map_err(|_| EngineError::Stopped)?
+    }
+}
+
+/// Acks not yet staged: per agent, the highest `seq` acknowledged (acks are cumulative).
+#[derive(Default)]
+struct PendingAcks {
+    highest: HashMap<AgentId, Seq>,
+}
+
+impl PendingAcks {
+    /// Notes an ack; true when it is the first since the last `take`, so the engine needs
+    /// waking.
+    fn add(&mut self, agent: AgentId, seq: Seq) -> bool {
+        let first = self.highest.is_empty();
+        let highest = self.highest.entry(agent).or_insert(seq);
+        *highest = (*highest).max(seq);
+        first
+    }
+
+    fn take(&mut self) -> HashMap<AgentId, Seq> {
+        std::mem::take(&mut self.highest)
     }
 }
 
@@ -350,6 +385,8 @@ pub async fn start(
         agent_feeds: Mutex::new(HashMap::new()),
         revoked,
         stats,
+        pending_acks: Mutex::new(PendingAcks::default()),
+        acks_waiting: tokio::sync::Notify::new(),
         keys,
     });
     let (requests, inbox) = mpsc::channel(4096);
@@ -458,6 +495,7 @@ impl EngineTask {
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep_for), if may_stage => {}
+                _ = self.shared.acks_waiting.notified(), if may_stage => {}
             }
             let mut group = Group::default();
             let now = wire::now();
@@ -469,6 +507,15 @@ impl EngineTask {
                     Ok(request) => self.handle(request, now, &mut group),
                     Err(_) => break,
                 }
+            }
+            let pending_acks = self
+                .shared
+                .pending_acks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            for (agent, seq) in pending_acks {
+                self.handle(Request::Ack { agent, seq }, now, &mut group);
             }
             let due = wake_at.is_some_and(|at| at <= now)
                 || self.working.next_deadline().is_some_and(|at| at <= now);
@@ -850,5 +897,26 @@ fn fail_replies(replies: Vec<PendingReply>, reason: &str) {
                 let _ = reply.send(Err(EngineError::Store(reason.to_owned())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_acks_keep_each_agents_highest_and_ask_for_one_wake_up() {
+        let alice = AgentId::parse("alice").unwrap();
+        let bob = AgentId::parse("bob").unwrap();
+        let mut pending = PendingAcks::default();
+        assert!(pending.add(alice.clone(), Seq::new(7)));
+        assert!(!pending.add(alice.clone(), Seq::new(3)));
+        assert!(!pending.add(bob.clone(), Seq::new(2)));
+        assert!(!pending.add(alice.clone(), Seq::new(9)));
+        let taken = pending.take();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[&alice], Seq::new(9));
+        assert_eq!(taken[&bob], Seq::new(2));
+        assert!(pending.add(bob, Seq::new(4)), "empty again after take");
     }
 }

@@ -236,6 +236,57 @@ async fn without_after_the_stream_resumes_after_the_durable_ack() {
 }
 
 #[tokio::test]
+async fn a_burst_of_acks_in_any_order_keeps_the_highest() {
+    let app = spawn_app().await;
+    let alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let mut ws = app.stream("alice", &alice, Some(0)).await;
+    next_event(&mut ws).await;
+    let mut seqs = Vec::new();
+    for status in ["away", "available", "away", "available"] {
+        app.presence("alice", &alice, status).await;
+    }
+    // Four presence changes, acked in a burst, the highest first.
+    for _ in 0..4 {
+        seqs.push(next_event(&mut ws).await["seq"].as_u64().unwrap());
+    }
+    let highest = *seqs.iter().max().unwrap();
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    for seq in &seqs {
+        ack(&mut ws, *seq).await;
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let agent = app.get("/v1/agents/alice", &app.admin).await.1;
+        if agent["acked_seq"] == highest {
+            break;
+        }
+        assert!(
+            agent["acked_seq"].as_u64() <= Some(highest),
+            "acked past what was acked: {agent}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the highest ack was not kept: {agent}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Nothing later lowers it: a stream opened now starts after the highest ack.
+    drop(ws);
+    let later = app
+        .create_interaction(&ivr, json!({"target": {"agent": "alice"}}))
+        .await;
+    let mut ws = app.stream("alice", &alice, None).await;
+    let next = next_event(&mut ws).await;
+    assert_eq!(
+        next["subject"], later["id"],
+        "resumes after the highest ack: {next}"
+    );
+    assert!(next["seq"].as_u64() > Some(highest));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_agent_lists_its_own_interactions_changed_since_a_time_newest_first() {
     let app = spawn_app().await;
     let alice = app.agent("alice", true).await;
