@@ -189,6 +189,27 @@ async fn a_reconnecting_agent_gets_exactly_what_it_missed_in_order_then_live_eve
     app.stop().await;
 }
 
+/// Acks are durable with the engine's next commit and not answered: waits until the agent's
+/// record shows `seq`, failing if it ever shows more.
+async fn wait_until_acked(app: &TestApp, agent: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let record = app.get(&format!("/v1/agents/{agent}"), &app.admin).await.1;
+        if record["acked_seq"] == seq {
+            return;
+        }
+        assert!(
+            record["acked_seq"].as_u64() < Some(seq),
+            "acked past what was acked ({seq}): {record}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ack {seq} not recorded: {record}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn without_after_the_stream_resumes_after_the_durable_ack() {
     let app = spawn_app().await;
@@ -203,20 +224,7 @@ async fn without_after_the_stream_resumes_after_the_durable_ack() {
     let pop = next_event(&mut ws).await;
     assert_eq!(pop["subject"], first["id"]);
     ack(&mut ws, pop["seq"].as_u64().unwrap()).await;
-    // The ack is durable: wait until the agent record shows it.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let agent = app.get("/v1/agents/alice", &app.admin).await.1;
-        if agent["acked_seq"] == pop["seq"] {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ack not recorded: {agent}"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_acked(&app, "alice", pop["seq"].as_u64().unwrap()).await;
     drop(ws);
     let (status, _) = app
         .post(
@@ -255,22 +263,7 @@ async fn a_burst_of_acks_in_any_order_keeps_the_highest() {
     for seq in &seqs {
         ack(&mut ws, *seq).await;
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let agent = app.get("/v1/agents/alice", &app.admin).await.1;
-        if agent["acked_seq"] == highest {
-            break;
-        }
-        assert!(
-            agent["acked_seq"].as_u64() <= Some(highest),
-            "acked past what was acked: {agent}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the highest ack was not kept: {agent}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until_acked(&app, "alice", highest).await;
     // Nothing later lowers it: a stream opened now starts after the highest ack.
     drop(ws);
     let later = app
