@@ -89,10 +89,6 @@ enum Request {
         idempotency: Option<Idempotency>,
         reply: oneshot::Sender<Result<Committed, EngineError>>,
     },
-    Ack {
-        agent: AgentId,
-        seq: Seq,
-    },
     AddKey {
         record: KeyRecord,
         reply: oneshot::Sender<Result<(), EngineError>>,
@@ -515,7 +511,7 @@ impl EngineTask {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
             for (agent, seq) in pending_acks {
-                self.handle(Request::Ack { agent, seq }, now, &mut group);
+                self.stage_ack(agent, seq, &mut group);
             }
             let due = wake_at.is_some_and(|at| at <= now)
                 || self.working.next_deadline().is_some_and(|at| at <= now);
@@ -547,15 +543,6 @@ impl EngineTask {
                 let result = self.run_command(command, idempotency, now, group);
                 group.replies.push(PendingReply::Execute(reply, result));
             }
-            Request::Ack { agent, seq } => {
-                let known = self.working.agent(&agent).map(|a| a.acked_seq);
-                // Only a committed seq: one in flight may yet fail and be reused.
-                if known.is_some_and(|acked| seq > acked) && seq.get() <= self.shared.head() {
-                    self.working.set_acked(&agent, seq);
-                    group.batch.acks.push((agent.to_string(), seq.get()));
-                    group.acks.push((agent, seq));
-                }
-            }
             Request::AddKey { record, reply } => {
                 group.batch.keys_added.push(record.clone());
                 group.keys_added.push(record);
@@ -566,6 +553,17 @@ impl EngineTask {
                 group.keys_revoked.extend(ids);
                 group.replies.push(PendingReply::Unit(reply));
             }
+        }
+    }
+
+    /// Stages an agent's ack when it moves the agent's cursor forward.
+    fn stage_ack(&mut self, agent: AgentId, seq: Seq, group: &mut Group) {
+        let known = self.working.agent(&agent).map(|a| a.acked_seq);
+        // Only a committed seq: one in flight may yet fail and be reused.
+        if known.is_some_and(|acked| seq > acked) && seq.get() <= self.shared.head() {
+            self.working.set_acked(&agent, seq);
+            group.batch.acks.push((agent.to_string(), seq.get()));
+            group.acks.push((agent, seq));
         }
     }
 

@@ -181,28 +181,6 @@ impl State {
         self.member_counts.get(name).copied().unwrap_or_default()
     }
 
-    /// Adds the agent to (or takes it from) the counts of every queue it is a member of.
-    fn count_member(&mut self, agent_id: &AgentId, up: bool) {
-        let Some(agent) = self.agents.get(agent_id) else {
-            return;
-        };
-        let Some(queues) = self.memberships.get(agent_id) else {
-            return;
-        };
-        let presence = agent.presence.status;
-        let activity = self.activity(agent_id);
-        for name in queues {
-            match self.member_counts.get_mut(name) {
-                Some(counts) => counts.add(presence, activity, up),
-                None => {
-                    let mut counts = MemberCounts::default();
-                    counts.add(presence, activity, up);
-                    self.member_counts.insert(name.clone(), counts);
-                }
-            }
-        }
-    }
-
     /// The presence and activity `member_counts` count the agent under.
     fn counted_as(&self, agent_id: &AgentId) -> (PresenceStatus, Activity) {
         let presence = self
@@ -212,12 +190,13 @@ impl State {
         (presence, self.activity(agent_id))
     }
 
-    /// Moves the agent between counts in every queue it is a member of.
+    /// In every queue the agent is a member of, takes it out of the counts of `was` and adds
+    /// it to those of `now` (either may be none: leaving or joining the counts).
     fn move_member(
         &mut self,
         agent_id: &AgentId,
-        was: (PresenceStatus, Activity),
-        now: (PresenceStatus, Activity),
+        was: Option<(PresenceStatus, Activity)>,
+        now: Option<(PresenceStatus, Activity)>,
     ) {
         if !self.agents.contains_key(agent_id) {
             return;
@@ -230,8 +209,12 @@ impl State {
                 Some(counts) => counts,
                 None => self.member_counts.entry(name.clone()).or_default(),
             };
-            counts.add(was.0, was.1, false);
-            counts.add(now.0, now.1, true);
+            if let Some((presence, activity)) = was {
+                counts.add(presence, activity, false);
+            }
+            if let Some((presence, activity)) = now {
+                counts.add(presence, activity, true);
+            }
         }
     }
 
@@ -1109,33 +1092,27 @@ impl State {
             for line in &unservable {
                 self.dirty.remove(line);
             }
-            let Some((_, id, agents, routing)) = best else {
+            let Some((_, id, mut agents, routing)) = best else {
                 break;
             };
             let interaction = &self.interactions[&id];
             let target = interaction.current_target.clone();
             let expires_at = now.plus_seconds(self.offer_timeout_s(interaction));
+            let offer = |agent: AgentId, routing: Routing| Event::InteractionOffered {
+                id: id.clone(),
+                agent,
+                target: target.clone(),
+                expires_at,
+                at: now,
+                routing,
+            };
             // Each offer carries the routing: a copy for all but the last, which takes it.
-            let mut agents = agents.into_iter().peekable();
-            let mut routing = Some(routing);
-            while let Some(agent) = agents.next() {
-                let this_routing = if agents.peek().is_some() {
-                    routing.clone()
-                } else {
-                    routing.take()
-                };
-                let Some(this_routing) = this_routing else {
-                    break;
-                };
-                let event = Event::InteractionOffered {
-                    id: id.clone(),
-                    agent,
-                    target: target.clone(),
-                    expires_at,
-                    at: now,
-                    routing: this_routing,
-                };
-                self.emit(out, event);
+            let last = agents.pop();
+            for agent in agents {
+                self.emit(out, offer(agent, routing.clone()));
+            }
+            if let Some(agent) = last {
+                self.emit(out, offer(agent, routing));
             }
         }
     }
@@ -1319,11 +1296,11 @@ impl State {
         );
         let recipients = if changes_membership {
             for agent in &touched {
-                self.count_member(agent, false);
+                self.move_member(agent, Some(self.counted_as(agent)), None);
             }
             let recipients = self.apply_event(event);
             for agent in &touched {
-                self.count_member(agent, true);
+                self.move_member(agent, None, Some(self.counted_as(agent)));
             }
             recipients
         } else {
@@ -1335,7 +1312,7 @@ impl State {
             for (agent, was) in touched.iter().zip(before) {
                 let now = self.counted_as(agent);
                 if now != was {
-                    self.move_member(agent, was, now);
+                    self.move_member(agent, Some(was), Some(now));
                 }
             }
             recipients
