@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
 
 /// Where an interaction should go: a named agent, or a queue (routing picks the agent).
@@ -101,8 +103,9 @@ pub struct Interaction {
     pub entered_queue_at: Option<Timestamp>,
     /// When its caller is sent to the overflow or timed out, while it waits in a queue.
     pub max_wait_at: Option<Timestamp>,
-    /// When the requirement relaxes next, one entry per escalation step still ahead.
-    pub escalations: Vec<Timestamp>,
+    /// When the requirement relaxes next, one entry per escalation step still ahead (inline:
+    /// queues have a step or two, and every caller joining a line sets them).
+    pub escalations: SmallVec<[Timestamp; 2]>,
     /// When wrap-up ends by itself (a queue's `wrap_up_s` after the hangup).
     pub wrap_up_until: Option<Timestamp>,
     pub offer_expires_at: Option<Timestamp>,

@@ -5,6 +5,8 @@
 use std::collections::{btree_set, BTreeSet};
 use std::iter::Peekable;
 
+use smallvec::SmallVec;
+
 use crate::agent::Agent;
 use crate::fast_map::FastMap;
 use crate::ids::AgentId;
@@ -12,6 +14,9 @@ use crate::queue::{meets, QueueConfig, Strategy};
 
 /// An agent's place in a queue's order: smaller comes first; the agent id breaks ties.
 pub type RouteKey = (i64, i64, i64);
+
+/// A place in one routable set, as a decision merges several.
+type RoutableCursor<'a> = Peekable<btree_set::Iter<'a, (RouteKey, AgentId)>>;
 
 /// Where an agent has room: on any channel (a total capacity), or on the channels named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +181,9 @@ impl QueueIndex {
         level: usize,
         channel: &str,
     ) -> impl Iterator<Item = &'a AgentId> + 'a {
-        let mut sources: Vec<Peekable<btree_set::Iter<'a, (RouteKey, AgentId)>>> = self
+        // Inline room for two levels of both kinds, the usual queue, so that a decision does
+        // not allocate for them.
+        let mut sources: SmallVec<[RoutableCursor<'a>; 4]> = self
             .sets_up_to(level)
             .iter()
             .flat_map(|sets| [Some(&sets.any), sets.by_channel.get(channel)])

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use smallvec::{smallvec, SmallVec};
+
 use crate::agent::{Activity, Agent, Capacity, Presence, PresenceSource, PresenceStatus};
 use crate::command::{Command, CommandError};
 use crate::event::{Event, OfferEndReason, Routing};
@@ -61,6 +63,16 @@ impl Default for Settings {
 /// Events appended by one command, each with the agents it is for.
 type Events = Vec<(Event, Vec<AgentId>)>;
 
+/// How many channel names `State::channels` shares at most.
+const MAX_INTERNED_CHANNELS: usize = 1024;
+
+/// The agents one decision offers a caller to: one, or every eligible agent for `ring_all`.
+type Chosen = SmallVec<[AgentId; 2]>;
+
+/// The few agents an event concerns (its interaction's holders, the agent it names), kept
+/// inline: applying an event must not allocate for them.
+type Agents = SmallVec<[AgentId; 4]>;
+
 /// A caller's place in its line: higher priority first, then longest waiting, then arrival.
 type WaitingKey = (Reverse<i32>, Timestamp, u64);
 
@@ -102,6 +114,10 @@ pub struct State {
     /// joined, an agent who could serve them changed, a requirement relaxed. A hint: a line
     /// too many costs a look, never a wrong decision.
     dirty: BTreeSet<LineKey>,
+    /// One shared copy of each channel name the lines use, so that a caller joining a line
+    /// does not allocate its key's channel. At most `MAX_INTERNED_CHANNELS`: names come from
+    /// clients; past that a line key makes its own copy.
+    channels: FastMap<String, Arc<str>>,
     waiting_counter: u64,
     route_counter: u64,
     /// The calendar day the strategy keys were computed for.
@@ -166,6 +182,7 @@ impl State {
             lines: BTreeMap::new(),
             line_of: FastMap::default(),
             dirty: BTreeSet::new(),
+            channels: FastMap::default(),
             waiting_counter: 0,
             route_counter: 0,
             today: 0,
@@ -390,8 +407,18 @@ impl State {
         }
     }
 
-    fn line_key(interaction: &Interaction) -> LineKey {
-        let channel = Arc::from(interaction.spec.channel.as_str());
+    fn line_key(channels: &mut FastMap<String, Arc<str>>, interaction: &Interaction) -> LineKey {
+        let name = interaction.spec.channel.as_str();
+        let channel = match channels.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let made: Arc<str> = Arc::from(name);
+                if channels.len() < MAX_INTERNED_CHANNELS {
+                    channels.insert(name.to_owned(), made.clone());
+                }
+                made
+            }
+        };
         match &interaction.current_target {
             Target::Agent(agent) => LineKey::Agent(agent.clone(), channel),
             Target::Queue(queue) => LineKey::Queue(queue.clone(), channel),
@@ -1074,8 +1101,8 @@ impl State {
     /// after every command, so no caller ever waits while an agent who could take it is free.
     fn dispatch(&mut self, out: &mut Events, now: Timestamp) {
         loop {
-            let mut best: Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> = None;
-            let mut unservable: Vec<LineKey> = Vec::new();
+            let mut best: Option<(WaitingKey, InteractionId, Chosen, Routing)> = None;
+            let mut unservable: SmallVec<[LineKey; 4]> = SmallVec::new();
             let mut examined = 0;
             for line in &self.dirty {
                 match self.servable_head(line, now, &mut examined) {
@@ -1125,7 +1152,7 @@ impl State {
         line: &LineKey,
         now: Timestamp,
         examined: &mut u64,
-    ) -> Option<(WaitingKey, InteractionId, Vec<AgentId>, Routing)> {
+    ) -> Option<(WaitingKey, InteractionId, Chosen, Routing)> {
         let mut next = self
             .lines
             .get(line)?
@@ -1155,7 +1182,7 @@ impl State {
         id: &InteractionId,
         now: Timestamp,
         examined: &mut u64,
-    ) -> Option<(Vec<AgentId>, Routing)> {
+    ) -> Option<(Chosen, Routing)> {
         let interaction = &self.interactions[id];
         match line {
             LineKey::Agent(agent, channel) => {
@@ -1166,7 +1193,7 @@ impl State {
                         eligible: 1,
                         reason: "addressed to this agent".to_owned(),
                     };
-                    (vec![agent.clone()], routing)
+                    (smallvec![agent.clone()], routing)
                 })
             }
             LineKey::Queue(queue, channel) => {
@@ -1175,8 +1202,8 @@ impl State {
                 let level = index.config.level_after(waited_ms);
                 let strategy = index.config.strategy;
                 let missed = &interaction.just_missed_by;
-                let mut chosen = Vec::new();
-                let mut skipped_missed = Vec::new();
+                let mut chosen = Chosen::new();
+                let mut skipped_missed = Chosen::new();
                 for agent in index.routable_at(level, channel) {
                     *examined += 1;
                     if !self.can_take(agent, channel) {
@@ -1191,7 +1218,7 @@ impl State {
                         break;
                     }
                 }
-                let mut reason_suffix = String::new();
+                let mut reason_suffix = "";
                 if chosen.is_empty() {
                     // Only agents who just missed it have room: better them than nobody.
                     if strategy == Strategy::RingAll {
@@ -1200,57 +1227,29 @@ impl State {
                         chosen.extend(skipped_missed.into_iter().next());
                     }
                 } else if skipped_missed.len() == 1 {
-                    reason_suffix.push_str("; the agent who just missed it was passed over");
+                    reason_suffix = "; the agent who just missed it was passed over";
                 } else if !skipped_missed.is_empty() {
-                    reason_suffix.push_str("; the agents who just missed it were passed over");
+                    reason_suffix = "; the agents who just missed it were passed over";
                 }
                 if chosen.is_empty() {
                     return None;
                 }
-                let index = &self.queues[queue];
                 let eligible = index.routable_count(level, channel) as u32;
                 let first = &self.agents[&chosen[0]];
-                let mut reason = match strategy {
-                    Strategy::LongestIdle => {
-                        format!("idle the longest: {} s", idle_seconds(first, now))
-                    }
-                    Strategy::RoundRobin => format!(
-                        "next in rotation: last offered a caller {}",
-                        if first.last_routed == 0 {
-                            "never".to_owned()
-                        } else {
-                            format!("{} offers ago", self.route_counter - first.last_routed)
-                        }
-                    ),
-                    Strategy::LeastOccupied => format!(
-                        "fewest handled today: {}, idle {} s",
-                        handled_on(first, self.today),
-                        idle_seconds(first, now)
-                    ),
-                    Strategy::MostSkilled => format!(
-                        "highest summed skill level: {} ({}), idle {} s",
-                        index.summed_level(first),
-                        index
-                            .config
-                            .skills
-                            .keys()
-                            .map(|skill| format!(
-                                "{skill} {}",
-                                first.profile.skills.get(skill).map_or(0, |l| l.get())
-                            ))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        idle_seconds(first, now)
-                    ),
-                    Strategy::RingAll => format!("rings all {} eligible agents", chosen.len()),
-                };
-                if level > 0 {
-                    reason.push_str(&format!(
-                        "; requirement relaxed to step {level} after {} s waiting",
-                        waited_ms / 1000
-                    ));
-                }
-                reason.push_str(&reason_suffix);
+                let reason = routing_reason(
+                    strategy,
+                    index,
+                    first,
+                    RoutingFigures {
+                        route_counter: self.route_counter,
+                        today: self.today,
+                        now,
+                        chosen: chosen.len(),
+                        level,
+                        waited_ms,
+                    },
+                    reason_suffix,
+                );
                 Some((
                     chosen,
                     Routing {
@@ -1276,7 +1275,7 @@ impl State {
         // Only the agents an event names, or the holders of its interaction, can change
         // presence, activity or membership: they leave the member counts before it and come
         // back after it.
-        let mut touched: Vec<AgentId> = event
+        let mut touched: Agents = event
             .interaction_id()
             .and_then(|id| self.interactions.get(id))
             .map(holders)
@@ -1306,7 +1305,7 @@ impl State {
         } else {
             // The common case, every interaction event: memberships stay, so each agent whose
             // presence or activity changed moves between counts in one pass over its queues.
-            let before: Vec<(PresenceStatus, Activity)> =
+            let before: SmallVec<[(PresenceStatus, Activity); 4]> =
                 touched.iter().map(|agent| self.counted_as(agent)).collect();
             let recipients = self.apply_event(event);
             for (agent, was) in touched.iter().zip(before) {
@@ -1428,7 +1427,7 @@ impl State {
                     just_missed_by: BTreeSet::new(),
                     entered_queue_at: None,
                     max_wait_at: None,
-                    escalations: Vec::new(),
+                    escalations: SmallVec::new(),
                     wrap_up_until: None,
                     offer_expires_at: None,
                     involved_agents: BTreeSet::new(),
@@ -1662,7 +1661,7 @@ impl State {
             | Event::OfferRevoked { agent, .. }
             | Event::InteractionRejected { agent, .. }
             | Event::InteractionAccepted { agent, .. } => vec![agent.clone()],
-            _ => touched,
+            _ => touched.into_vec(),
         }
     }
 
@@ -1699,7 +1698,7 @@ impl State {
 
     fn join_line(&mut self, id: &InteractionId) {
         let interaction = &self.interactions[id];
-        let line = Self::line_key(interaction);
+        let line = Self::line_key(&mut self.channels, interaction);
         let key = (
             Reverse(interaction.spec.priority),
             interaction.waiting_since,
@@ -1736,7 +1735,7 @@ impl State {
             return;
         };
         let since = interaction.waiting_since;
-        let escalations: Vec<Timestamp> = index
+        let escalations: SmallVec<[Timestamp; 2]> = index
             .config
             .steps
             .iter()
@@ -1829,6 +1828,84 @@ impl State {
     }
 }
 
+/// The figures a routing reason quotes besides the queue and the agent chosen first.
+struct RoutingFigures {
+    route_counter: u64,
+    today: i64,
+    now: Timestamp,
+    chosen: usize,
+    level: usize,
+    waited_ms: i64,
+}
+
+/// The sentence saying why `first` was chosen. Built by appending, not `format!`: it is made
+/// on every decision, and the formatting machinery was a twentieth of one.
+fn routing_reason(
+    strategy: Strategy,
+    index: &QueueIndex,
+    first: &Agent,
+    figures: RoutingFigures,
+    suffix: &str,
+) -> String {
+    let mut numbers = itoa::Buffer::new();
+    let mut reason = String::with_capacity(96);
+    let idle = idle_seconds(first, figures.now);
+    match strategy {
+        Strategy::LongestIdle => {
+            reason.push_str("idle the longest: ");
+            reason.push_str(numbers.format(idle));
+            reason.push_str(" s");
+        }
+        Strategy::RoundRobin => {
+            reason.push_str("next in rotation: last offered a caller ");
+            if first.last_routed == 0 {
+                reason.push_str("never");
+            } else {
+                reason.push_str(numbers.format(figures.route_counter - first.last_routed));
+                reason.push_str(" offers ago");
+            }
+        }
+        Strategy::LeastOccupied => {
+            reason.push_str("fewest handled today: ");
+            reason.push_str(numbers.format(handled_on(first, figures.today)));
+            reason.push_str(", idle ");
+            reason.push_str(numbers.format(idle));
+            reason.push_str(" s");
+        }
+        Strategy::MostSkilled => {
+            reason.push_str("highest summed skill level: ");
+            reason.push_str(numbers.format(index.summed_level(first)));
+            reason.push_str(" (");
+            for (n, skill) in index.config.skills.keys().enumerate() {
+                if n > 0 {
+                    reason.push_str(", ");
+                }
+                reason.push_str(skill);
+                reason.push(' ');
+                let level = first.profile.skills.get(skill).map_or(0, |l| l.get());
+                reason.push_str(numbers.format(level));
+            }
+            reason.push_str("), idle ");
+            reason.push_str(numbers.format(idle));
+            reason.push_str(" s");
+        }
+        Strategy::RingAll => {
+            reason.push_str("rings all ");
+            reason.push_str(numbers.format(figures.chosen));
+            reason.push_str(" eligible agents");
+        }
+    }
+    if figures.level > 0 {
+        reason.push_str("; requirement relaxed to step ");
+        reason.push_str(numbers.format(figures.level));
+        reason.push_str(" after ");
+        reason.push_str(numbers.format(figures.waited_ms / 1000));
+        reason.push_str(" s waiting");
+    }
+    reason.push_str(suffix);
+    reason
+}
+
 /// The smallest channel, for the lower bound of a range of lines; made once, as range bounds
 /// are built whenever an agent gets room.
 fn lowest_channel() -> Arc<str> {
@@ -1858,13 +1935,13 @@ fn named_agent(event: &Event) -> Option<&AgentId> {
 /// The agents holding an interaction, in order: those it is offered to, or its agent once
 /// accepted. A vector, not a set: it is made for every event and holds one agent or none,
 /// except while a `ring_all` queue rings.
-fn holders(interaction: &Interaction) -> Vec<AgentId> {
+fn holders(interaction: &Interaction) -> Agents {
     match interaction.state {
         InteractionState::Offered => interaction.offered_to.iter().cloned().collect(),
         InteractionState::Accepted | InteractionState::WrapUp => {
             interaction.agent.iter().cloned().collect()
         }
-        _ => Vec::new(),
+        _ => Agents::new(),
     }
 }
 
