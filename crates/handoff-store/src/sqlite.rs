@@ -44,6 +44,25 @@ const READERS: usize = 4;
 /// With `os` durability, how often the checkpointer thread moves the WAL into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// With `os` durability, the WAL size (in pages) past which the checkpointer makes SQLite start
+/// the WAL over. Under a steady stream of commits a checkpoint beside the writer never sees the
+/// end of the WAL (frames keep coming while it runs), so SQLite never rewinds it: measured, the
+/// file grew by 80 MB a second at 1,000 interactions a second and only shrank once the load
+/// stopped. Starting over costs the commits: the writer waits 2-5 ms for the last pass's two
+/// syncs, and the pops' p99 rose from 6-7.5 ms to 7.5-11 ms when it came every 16 MiB (four
+/// times a second) or every 256 MiB. At 1 GiB (262,144 pages of 4 KiB) it comes every twelve
+/// seconds or so at that rate, and bounds the disk the WAL takes.
+pub const DEFAULT_WAL_RESTART_PAGES: i64 = 262_144;
+
+/// The frames left over by a checkpoint below which the checkpointer may hold the writer for
+/// the last pass: that pass then copies little and syncs little, a pause of a millisecond or
+/// two, instead of copying a whole period's commits while every commit waits.
+const WAL_FINAL_PASS_PAGES: i64 = 512;
+
+/// At most so many checkpoint passes in a row chase the writer before the checkpointer waits
+/// for its next period: if commits outrun the copying, it gives up rather than spin.
+const WAL_CHASE_PASSES: usize = 8;
+
 /// Only the checkpointer or another process can hold the lock we want; waiting a little beats
 /// failing a commit.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -177,6 +196,16 @@ impl SqliteStore {
     /// Opens (creating when missing) the store in `data_dir`, brings its schema up to date and
     /// starts its writer thread.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        Self::open_with_wal_restart(data_dir, durability, DEFAULT_WAL_RESTART_PAGES)
+    }
+
+    /// As `open`, with the WAL size in pages past which `os` durability starts the WAL over
+    /// (`DEFAULT_WAL_RESTART_PAGES`): for tests, which cannot write a gigabyte, and tuning.
+    pub fn open_with_wal_restart(
+        data_dir: &Path,
+        durability: Durability,
+        wal_restart_pages: i64,
+    ) -> Result<Self, StoreError> {
         create_data_dir(data_dir).map_err(|reason| StoreError::Open {
             path: data_dir.display().to_string(),
             reason,
@@ -187,7 +216,7 @@ impl SqliteStore {
             reason,
         };
 
-        let mut conn = open_writer(&path, durability).map_err(open_err)?;
+        let mut conn = open_writer(&path, durability, wal_restart_pages).map_err(open_err)?;
         migrate(&mut conn).map_err(open_err)?;
         let head =
             read_head(&conn).map_err(|e| open_err(format!("cannot read the log head: {e}")))?;
@@ -197,8 +226,10 @@ impl SqliteStore {
 
         let shared_head = Arc::new(AtomicU64::new(head));
         let (queue, requests) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let gate = Arc::new(Mutex::new(()));
         let writer = Writer {
             conn,
+            gate: Arc::clone(&gate),
             head,
             shared_head: Arc::clone(&shared_head),
         };
@@ -208,7 +239,9 @@ impl SqliteStore {
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = match durability {
             Durability::Fsync => None,
-            Durability::Os => Some(start_checkpointer(&path).map_err(open_err)?),
+            Durability::Os => {
+                Some(start_checkpointer(&path, gate, wal_restart_pages).map_err(open_err)?)
+            }
         };
 
         Ok(Self {
@@ -442,6 +475,9 @@ impl Store for SqliteStore {
 /// Owns the only write connection; lives on its own thread.
 struct Writer {
     conn: Connection,
+    /// Held for each transaction; the checkpointer takes it for its last pass before the WAL
+    /// starts over, so that no commit lands while it finishes (see `start_checkpointer`).
+    gate: Arc<Mutex<()>>,
     /// Head as of the last successful transaction: the seq the next batch must continue.
     head: SeqNumber,
     shared_head: Arc<AtomicU64>,
@@ -459,6 +495,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let gate = Arc::clone(&self.gate);
+            let _held = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             self.write_group(group);
         }
         tracing::debug!("store writer stopped");
@@ -838,7 +876,11 @@ fn warn_if_shared(dir: &Path, meta: &std::fs::Metadata) {
     }
 }
 
-fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String> {
+fn open_writer(
+    path: &Path,
+    durability: Durability,
+    wal_restart_pages: i64,
+) -> Result<Connection, String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -864,6 +906,10 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String
         // The checkpointer thread does it instead (see `start_checkpointer`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| format!("cannot turn off automatic checkpoints: {e}"))?;
+        // When the WAL starts over, the file is cut back to this instead of staying as large
+        // as it ever grew.
+        conn.pragma_update(None, "journal_size_limit", wal_restart_pages * 4096)
+            .map_err(|e| format!("cannot set journal_size_limit: {e}"))?;
     }
     // A few more statements than the writer uses, so none is evicted and re-prepared.
     conn.set_prepared_statement_cache_capacity(32);
@@ -875,11 +921,23 @@ fn open_writer(path: &Path, durability: Durability) -> Result<Connection, String
 /// With `synchronous=NORMAL` a commit writes the WAL and does not sync it; SQLite's automatic
 /// checkpoint, run by the commit that takes the WAL past 1,000 pages, syncs everything written
 /// since the last one and then the database file, and every commit queued behind it waits for
-/// those syncs: a stall every second or so at 1,000 interactions a second. A PASSIVE checkpoint from another connection runs beside the writer instead, and the
-/// writer's commits still never wait for the disk. (With fsync durability every commit syncs
-/// the WAL anyway; moving the checkpoint there only made its syncs compete with the commits',
-/// measured worse, see docs/benchmarks.md.)
-fn start_checkpointer(path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>), String> {
+/// those syncs: a stall every second or so at 1,000 interactions a second. A PASSIVE
+/// checkpoint from another connection runs beside the writer instead, and the writer's commits
+/// never wait for the disk. (With fsync durability every commit syncs the WAL anyway; moving
+/// the checkpoint there only made its syncs compete with the commits', measured worse, see
+/// docs/benchmarks.md.)
+///
+/// SQLite starts the WAL over only when a write transaction begins with every frame already
+/// in the database. Beside a steady writer that never happens, so once the WAL passes
+/// `wal_restart_pages` the checkpointer chases the writer, pass after pass, each copying what
+/// was committed during the one before, until a pass finds little left; then it holds the
+/// writer (`gate`) for one last short pass, and the writer's next transaction starts the WAL
+/// over (`journal_size_limit` then cuts the file back).
+fn start_checkpointer(
+    path: &Path,
+    gate: Arc<Mutex<()>>,
+    wal_restart_pages: i64,
+) -> Result<(SyncSender<()>, JoinHandle<()>), String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| format!("cannot open the checkpoint connection: {e}"))?;
@@ -894,20 +952,85 @@ fn start_checkpointer(path: &Path) -> Result<(SyncSender<()>, JoinHandle<()>), S
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-                });
-                match result {
-                    Ok((wal_pages, moved)) => {
-                        tracing::trace!(wal_pages, moved, "store: checkpointed the WAL")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "store: a WAL checkpoint failed"),
+                if let Err(e) = checkpoint_and_restart(&conn, &gate, wal_restart_pages) {
+                    tracing::warn!(error = %e, "store: a WAL checkpoint failed");
                 }
             }
             tracing::debug!("store checkpointer stopped");
         })
         .map_err(|e| format!("cannot start the checkpointer thread: {e}"))?;
     Ok((stop, handle))
+}
+
+/// One period of the checkpointer: a PASSIVE checkpoint and, when the WAL has grown past
+/// `wal_restart_pages`, the chase that lets SQLite start it over.
+fn checkpoint_and_restart(
+    conn: &Connection,
+    gate: &Mutex<()>,
+    wal_restart_pages: i64,
+) -> rusqlite::Result<()> {
+    let first = passive_checkpoint(conn)?;
+    tracing::trace!(
+        wal_pages = first.wal_pages,
+        moved = first.moved,
+        "store: checkpointed the WAL"
+    );
+    if first.wal_pages < wal_restart_pages || !first.complete() {
+        // Small enough, or a reader still needs older frames: nothing to start over yet.
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut previous = first;
+    for _ in 0..WAL_CHASE_PASSES {
+        let pass = passive_checkpoint(conn)?;
+        if !pass.complete() {
+            return Ok(());
+        }
+        // A WAL shorter than before has started over already.
+        let appended = pass.wal_pages - previous.wal_pages;
+        previous = pass;
+        if appended <= WAL_FINAL_PASS_PAGES {
+            let _held = gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let holding = Instant::now();
+            let last = passive_checkpoint(conn)?;
+            tracing::debug!(
+                wal_pages = last.wal_pages,
+                moved = last.moved,
+                chased_ms = started.elapsed().as_millis() as u64,
+                writer_held_us = holding.elapsed().as_micros() as u64,
+                "store: the WAL is in the database; the next commit starts it over"
+            );
+            return Ok(());
+        }
+    }
+    tracing::debug!(
+        wal_pages = previous.wal_pages,
+        "store: commits outran the checkpoint; the WAL starts over later"
+    );
+    Ok(())
+}
+
+/// What `PRAGMA wal_checkpoint(PASSIVE)` reports: the frames in the WAL when it began, and how
+/// many of them are in the database now.
+#[derive(Debug, Clone, Copy)]
+struct CheckpointPass {
+    wal_pages: i64,
+    moved: i64,
+}
+
+impl CheckpointPass {
+    fn complete(self) -> bool {
+        self.moved >= self.wal_pages
+    }
+}
+
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<CheckpointPass> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok(CheckpointPass {
+            wal_pages: row.get(1)?,
+            moved: row.get(2)?,
+        })
+    })
 }
 
 fn open_reader(path: &Path) -> Result<Connection, String> {

@@ -356,3 +356,59 @@ async fn with_os_durability_the_checkpointer_moves_the_wal_into_the_database() {
     }
     assert_eq!(store.events_after(0, 100).await.expect("read").len(), 64);
 }
+
+/// Under commits that never pause, a checkpoint beside the writer never catches the end of the
+/// WAL and SQLite never starts it over: the file grew by 80 MB a second in the benchmark. Past
+/// its limit the checkpointer holds the writer for a last short pass, and the WAL starts over
+/// (and is cut back) while the commits keep coming; none of them is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_os_durability_the_wal_starts_over_under_commits_that_never_pause() {
+    // 256 pages (1 MiB) instead of the default gigabyte, so that the test writes megabytes.
+    const LIMIT_PAGES: i64 = 256;
+    const MOST_COMMITS: u64 = 20_000;
+    let root = tempfile::tempdir().unwrap();
+    let store =
+        SqliteStore::open_with_wal_restart(root.path(), Durability::Os, LIMIT_PAGES).expect("open");
+    let wal = root.path().join("handoff.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut largest = 0;
+    let mut started_over_at = None;
+    let mut seq = 0;
+    // One commit after another, each awaited: the writer never has a quiet moment long enough
+    // for a checkpoint to finish between two of them.
+    while seq < MOST_COMMITS && std::time::Instant::now() < deadline {
+        seq += 1;
+        let event = StoredEvent {
+            seq,
+            event_type: "interaction.created".into(),
+            subject: format!("int-{seq}"),
+            time_ms: 1,
+            agents: vec![format!("agent-{}", seq % 50)],
+            payload: "x".repeat(4096),
+        };
+        store
+            .commit(Batch {
+                events: vec![event],
+                ..Batch::default()
+            })
+            .await
+            .expect("commit");
+        let size = wal_size();
+        if size < largest && largest > (LIMIT_PAGES as u64) * 4096 {
+            started_over_at = Some(seq);
+            break;
+        }
+        largest = largest.max(size);
+    }
+    let Some(started_over_at) = started_over_at else {
+        panic!(
+            "the WAL never started over: it grew to {largest} bytes over {seq} commits (limit {} bytes)",
+            LIMIT_PAGES * 4096
+        );
+    };
+    assert_eq!(store.head().await.expect("head"), started_over_at);
+    let kept = store.events_after(0, 100_000).await.expect("read");
+    assert_eq!(kept.len() as u64, started_over_at, "every commit is kept");
+    assert!(kept.iter().zip(1..).all(|(event, seq)| event.seq == seq));
+}
