@@ -287,7 +287,7 @@ impl State {
             .iter()
             .filter(move |(key, _)| matches!(key, LineKey::Queue(q, _) if q == name))
             .flat_map(|(_, line)| line.values())
-            .filter_map(|id| self.interactions.get(id).map(|boxed| &**boxed))
+            .filter_map(|id| self.interaction(id))
     }
 
     pub fn interaction(&self, id: &InteractionId) -> Option<&Interaction> {
@@ -298,7 +298,7 @@ impl State {
     pub fn interactions(&self) -> impl DoubleEndedIterator<Item = &Interaction> {
         self.creation_order
             .iter()
-            .filter_map(|id| self.interactions.get(id).map(|boxed| &**boxed))
+            .filter_map(|id| self.interaction(id))
     }
 
     /// Interactions the agent holds now (offered to it, accepted, wrap-up).
@@ -307,7 +307,7 @@ impl State {
             .get(agent)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.interactions.get(id).map(|boxed| &**boxed))
+            .filter_map(|id| self.interaction(id))
     }
 
     /// The busiest of the agent's interactions.
@@ -379,7 +379,7 @@ impl State {
             .get(agent)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.interactions.get(id).map(|boxed| &**boxed))
+            .filter_map(|id| self.interaction(id))
             .map(|i| i.spec.channel.as_str())
     }
 

@@ -49,9 +49,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// end of the WAL (frames keep coming while it runs), so SQLite never rewinds it: measured, the
 /// file grew by 80 MB a second at 1,000 interactions a second and only shrank once the load
 /// stopped. Starting over costs the commits: the writer waits 2-5 ms for the last pass's two
-/// syncs, and the pops' p99 rose from 6-7.5 ms to 7.5-11 ms when it came every 16 MiB (four
-/// times a second) or every 256 MiB. At 1 GiB (262,144 pages of 4 KiB) it comes every twelve
-/// seconds or so at that rate, and bounds the disk the WAL takes.
+/// syncs, and the pops' p99 rose from 5.7-7.5 ms to 7.4-11.3 ms when it came every 256 MiB
+/// (three runs each, taking turns; 8.7 and 9.9 ms in single runs at 16 MiB). At 1 GiB (262,144
+/// pages of 4 KiB) it comes every twelve seconds or so at that rate, and bounds the disk the
+/// WAL takes.
 pub const DEFAULT_WAL_RESTART_PAGES: i64 = 262_144;
 
 /// The frames left over by a checkpoint below which the checkpointer may hold the writer for

@@ -203,13 +203,7 @@ async fn drop_closes_the_database() {
         agents: vec!["agent-a".into()],
         payload: "{}".into(),
     };
-    store
-        .commit(Batch {
-            events: vec![event],
-            ..Batch::default()
-        })
-        .await
-        .expect("commit");
+    commit_one(&store, event).await;
     assert_eq!(store.events_after(0, 10).await.expect("read").len(), 1);
     let wal = root.path().join("handoff.db-wal");
     assert!(wal.exists(), "a WAL file while the store is open");
@@ -387,13 +381,7 @@ async fn with_os_durability_the_wal_starts_over_under_commits_that_never_pause()
             agents: vec![format!("agent-{}", seq % 50)],
             payload: "x".repeat(4096),
         };
-        store
-            .commit(Batch {
-                events: vec![event],
-                ..Batch::default()
-            })
-            .await
-            .expect("commit");
+        commit_one(&store, event).await;
         let size = wal_size();
         if size < largest && largest > (LIMIT_PAGES as u64) * 4096 {
             started_over_at = Some(seq);
@@ -411,4 +399,15 @@ async fn with_os_durability_the_wal_starts_over_under_commits_that_never_pause()
     let kept = store.events_after(0, 100_000).await.expect("read");
     assert_eq!(kept.len() as u64, started_over_at, "every commit is kept");
     assert!(kept.iter().zip(1..).all(|(event, seq)| event.seq == seq));
+}
+
+/// Commits a batch of one event, which must succeed.
+async fn commit_one(store: &SqliteStore, event: StoredEvent) {
+    store
+        .commit(Batch {
+            events: vec![event],
+            ..Batch::default()
+        })
+        .await
+        .expect("commit");
 }
