@@ -999,7 +999,7 @@ fn checkpoint_and_restart(
                 moved = last.moved,
                 chased_ms = started.elapsed().as_millis() as u64,
                 writer_held_us = holding.elapsed().as_micros() as u64,
-                "store: the WAL is in the database; the next commit starts it over"
+                "store: the WAL is in the database; the next commit starts it over unless a reader still holds it"
             );
             return Ok(());
         }
