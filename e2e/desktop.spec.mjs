@@ -242,7 +242,14 @@ test("the supervisor view shows alice's presence change live", TEST, async () =>
     assert.ok(firstAt < opened, `the chart's first point (${new Date(firstAt).toISOString()}) is from before the page opened`);
     const row = (presence) =>
       board.locator(`[data-testid=agent-row][data-agent-id="alice"]${presence ? `[data-presence="${presence}"]` : ''}`);
-    // Two rejected offers in a row set alice away (a missed-offers rule): make her available again.
+    // Two rejected offers in a row set alice away (a missed-offers rule): make her available
+    // again. Her desk learns of the rule from its stream; until it has, its selector still says
+    // "available" and setPresence would change nothing (a race seen once under CI's load).
+    await desk.waitForFunction(
+      () => document.getElementById('presence-select').dataset.status === 'away',
+      null,
+      { timeout: STEP },
+    );
     await setPresence('available');
     await row('available').waitFor();
     await setPresence('away:lunch');
