@@ -373,6 +373,14 @@ pub async fn authenticate(
         }
     }
     .ok_or_else(ApiError::unauthorized)?;
+    if let Err(retry_after_s) = state
+        .rate_limiter
+        .check(&principal.key_id, std::time::Instant::now())
+    {
+        metrics::counter!("handoff_rate_limited_total").increment(1);
+        let per_second = state.rate_limiter.limit().map_or(0, |l| l.per_second);
+        return Err(ApiError::rate_limited(per_second, retry_after_s));
+    }
     parts.extensions.insert(principal);
     Ok(next.run(Request::from_parts(parts, body)).await)
 }

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Sent as `Retry-After` (seconds): when a refused request may be tried again.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -70,6 +73,19 @@ impl ApiError {
         )
     }
 
+    /// Too many requests with one key: try again in `retry_after_s` seconds.
+    pub fn rate_limited(per_second: u32, retry_after_s: u64) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this key made more than {per_second} requests a second; retry in {retry_after_s} s"
+            ),
+        );
+        error.retry_after_s = Some(retry_after_s);
+        error
+    }
+
     /// The store could not commit: nothing was changed, the client may retry.
     pub fn unavailable(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %detail, "store unavailable");
@@ -93,7 +109,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 

@@ -11,6 +11,7 @@ pub mod json;
 pub mod metrics_setup;
 pub mod openapi;
 pub mod pop_url;
+pub mod rate_limit;
 pub mod routes;
 pub mod shutdown;
 pub mod stats_feed;
@@ -45,6 +46,8 @@ pub struct ApiSettings {
     /// The server-wide `pop_url` template: for offers from a queue without one of its own, and
     /// for offers to an agent named directly. None: such pops carry no `pop_url`.
     pub pop_url: Option<String>,
+    /// Requests each key or session may make; None: no limit.
+    pub rate_limit: Option<rate_limit::RateLimit>,
 }
 
 impl ApiSettings {
@@ -65,6 +68,7 @@ impl Default for ApiSettings {
             timezone: calendar::Zone::utc(),
             core: handoff_core::Settings::default(),
             pop_url: None,
+            rate_limit: None,
         }
     }
 }
@@ -80,6 +84,7 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub shutdown: Shutdown,
     pub stats_history: Arc<stats_history::StatsHistory>,
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
 }
 
 /// A recovered, running API: its router, and how to stop it.
@@ -124,10 +129,12 @@ impl Running {
         for agent in present {
             connections.start_grace(agent);
         }
+        let rate_limiter = Arc::new(rate_limit::RateLimiter::new(settings.rate_limit));
         let state = AppState {
             engine,
             shared,
             store,
+            rate_limiter,
             settings: Arc::new(settings),
             connections,
             metrics,

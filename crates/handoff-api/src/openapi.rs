@@ -48,7 +48,7 @@ pub struct AckFrame {
     info(
         title = "handoff",
         version = "1",
-        description = "Hands a call from an IVR to an agent desktop: agents, presence, queues, interactions, and their events. Every /v1 operation takes `Authorization: Bearer <token>`."
+        description = "Hands a call from an IVR to an agent desktop: agents, presence, queues, interactions, and their events. Every /v1 operation takes `Authorization: Bearer <token>`. With `rate_limit_per_key` configured, any of them may answer 429 `rate_limited` with `Retry-After` (seconds) to a key past its rate."
     ),
     paths(
         crate::routes::system::healthz,

@@ -46,6 +46,12 @@ pub struct Config {
     /// `https://crm.example.com/search?phone={{ caller }}`, every value percent-encoded.
     /// Default none; an empty value is none too.
     pub pop_url: Option<String>,
+    /// Requests a second each key or session may make on average; beyond it the server
+    /// answers 429 `rate_limited` with `Retry-After`. 0 (the default): no limit.
+    pub rate_limit_per_key: u32,
+    /// Requests one key may make at once before `rate_limit_per_key` applies; 0 (the default):
+    /// twice `rate_limit_per_key`.
+    pub rate_limit_burst: u32,
     /// Queues declared in the file (`[[queues]]` tables: `name` and the fields of
     /// `PUT /v1/queues/{name}`). They are put at every start, after recovery, so the file wins
     /// over an edit made through the API. File only: no environment variable.
@@ -69,6 +75,8 @@ impl Default for Config {
             ping_interval_s: 15,
             log: "info".to_owned(),
             pop_url: None,
+            rate_limit_per_key: 0,
+            rate_limit_burst: 0,
             queues: Vec::new(),
         }
     }
@@ -187,6 +195,12 @@ impl Config {
         if let Some(v) = get(env, "pop_url") {
             self.pop_url = Some(v.to_owned());
         }
+        if let Some(v) = get(env, "rate_limit_per_key") {
+            self.rate_limit_per_key = number("rate_limit_per_key", v)?;
+        }
+        if let Some(v) = get(env, "rate_limit_burst") {
+            self.rate_limit_burst = number("rate_limit_burst", v)?;
+        }
         Ok(())
     }
 
@@ -225,6 +239,17 @@ impl Config {
 }
 
 impl Config {
+    /// The configured limit on each key's requests, if any.
+    pub fn rate_limit(&self) -> Option<handoff_api::rate_limit::RateLimit> {
+        (self.rate_limit_per_key > 0).then(|| handoff_api::rate_limit::RateLimit {
+            per_second: self.rate_limit_per_key,
+            burst: match self.rate_limit_burst {
+                0 => self.rate_limit_per_key.saturating_mul(2),
+                burst => burst,
+            },
+        })
+    }
+
     /// The configured time zone.
     pub fn zone(&self) -> anyhow::Result<Zone> {
         Zone::named(&self.timezone).map_err(|error| anyhow::anyhow!("timezone: {error}"))
@@ -369,6 +394,41 @@ mod tests {
         assert!(
             text.contains("timezone") && text.contains("Mars/Olympus_Mons"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_is_off_by_default_and_its_burst_defaults_to_twice_the_rate() {
+        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config.rate_limit(), None);
+        let config = Config::load(
+            None,
+            &env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "50")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let limit = config.rate_limit().unwrap();
+        assert_eq!((limit.per_second, limit.burst), (50, 100));
+        let config = Config::load(
+            None,
+            &env(&[
+                ("HANDOFF_RATE_LIMIT_PER_KEY", "50"),
+                ("HANDOFF_RATE_LIMIT_BURST", "7"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let limit = config.rate_limit().unwrap();
+        assert_eq!((limit.per_second, limit.burst), (50, 7));
+        let error = Config::load(
+            None,
+            &env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "-3")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("HANDOFF_RATE_LIMIT_PER_KEY"),
+            "{error}"
         );
     }
 

@@ -43,6 +43,7 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
             calendar: Arc::new(zone),
         },
         pop_url: config.pop_url.clone(),
+        rate_limit: config.rate_limit(),
     };
     let running = Running::start(store, settings)
         .await

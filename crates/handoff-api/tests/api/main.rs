@@ -8,6 +8,7 @@ mod isolation;
 mod pop_url;
 mod presence;
 mod queues;
+mod rate_limit;
 mod replay;
 mod stream_lifecycle;
 mod web;
