@@ -35,6 +35,8 @@ pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// slowest stream, make that stream catch up from the log instead. An agent gets few events
 /// (its pops and its presence), and each open agent pays for this room.
 const AGENT_FEED_CAPACITY: usize = 32;
+/// How often the engine forgets the interactions that ended longer ago than it keeps them.
+const FORGET_ENDED_EVERY: Duration = Duration::from_secs(60);
 /// Most commands folded into one batch.
 const MAX_GROUP: usize = 512;
 /// Most batches handed to the store and not yet known durable. One is being written while the
@@ -343,6 +345,7 @@ pub async fn start(
     store: Arc<dyn Store>,
     settings: handoff_core::Settings,
     pop_url_default: Option<String>,
+    keep_ended: Duration,
     shutdown: Shutdown,
 ) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
     let mut state = State::new(settings);
@@ -356,6 +359,8 @@ pub async fn start(
             state.apply(&event);
         }
     }
+    // Recovery replays every interaction ever made; most ended long ago.
+    state.forget_ended_before(ended_cutoff(wire::now(), keep_ended));
     for (agent, seq) in store.acks().await? {
         if let Ok(agent) = AgentId::parse(&agent) {
             state.set_acked(&agent, Seq::new(seq));
@@ -403,6 +408,7 @@ pub async fn start(
         idempotency,
         shutdown,
         pop_url_default,
+        keep_ended,
         in_flight: VecDeque::new(),
         failure: None,
     };
@@ -412,6 +418,7 @@ pub async fn start(
 }
 
 struct EngineTask {
+    keep_ended: Duration,
     store: Arc<dyn Store>,
     working: State,
     shared: Arc<Shared>,
@@ -477,6 +484,7 @@ struct Group {
 impl EngineTask {
     async fn run(mut self) {
         let mut purge_at = Instant::now();
+        let mut forget_at = Instant::now();
         loop {
             // Deadlines and also escalation steps: a caller whose requirement relaxes needs a
             // dispatch at that moment, though no deadline falls due.
@@ -528,6 +536,10 @@ impl EngineTask {
                 let _ = self.run_command(Command::Tick, None, now, &mut group);
             }
             self.submit(group);
+            if forget_at.elapsed() > self.forget_ended_every() {
+                forget_at = Instant::now();
+                self.forget_ended();
+            }
             if purge_at.elapsed() > Duration::from_secs(600) {
                 purge_at = Instant::now();
                 self.purge_idempotency().await;
@@ -872,6 +884,30 @@ impl EngineTask {
         }
     }
 
+    /// How often to look for ended interactions to forget: every minute, or as often as they
+    /// are kept when that is shorter (not more than ten times a second).
+    fn forget_ended_every(&self) -> Duration {
+        FORGET_ENDED_EVERY.min(self.keep_ended.max(Duration::from_millis(100)))
+    }
+
+    /// Drops the interactions that ended longer ago than they are kept, from the working
+    /// state and the committed one alike (readers then find them in the log). Both agree on
+    /// which: an ended interaction takes no more events, so the working state, ahead of the
+    /// committed one, has no newer version of it.
+    fn forget_ended(&mut self) {
+        let cutoff = ended_cutoff(wire::now(), self.keep_ended);
+        if self.working.forget_ended_before(cutoff) == 0 {
+            return;
+        }
+        let forgotten = self
+            .shared
+            .committed
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .forget_ended_before(cutoff);
+        metrics::counter!("handoff_interactions_forgotten_total").increment(forgotten as u64);
+    }
+
     async fn purge_idempotency(&mut self) {
         let cutoff = wire::now().millis() - IDEMPOTENCY_WINDOW_MS;
         self.idempotency
@@ -883,6 +919,11 @@ impl EngineTask {
 }
 
 /// The result of the oldest batch in flight; a batch with nothing to write is durable at once.
+/// Interactions that ended before this moment are no longer kept in memory.
+fn ended_cutoff(now: Timestamp, keep_ended: Duration) -> Timestamp {
+    now.plus_millis(-(keep_ended.as_millis().min(i64::MAX as u128) as i64))
+}
+
 async fn next_result(in_flight: &mut VecDeque<InFlight>) -> Result<(), StoreError> {
     match in_flight
         .front_mut()

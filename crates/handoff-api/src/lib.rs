@@ -46,6 +46,9 @@ pub struct ApiSettings {
     /// The server-wide `pop_url` template: for offers from a queue without one of its own, and
     /// for offers to an agent named directly. None: such pops carry no `pop_url`.
     pub pop_url: Option<String>,
+    /// How long an ended interaction stays in memory; after that it is read from the log, and
+    /// lists no longer show it.
+    pub ended_interactions_kept: Duration,
     /// Requests each key or session may make; None: no limit.
     pub rate_limit: Option<rate_limit::RateLimit>,
 }
@@ -69,6 +72,7 @@ impl Default for ApiSettings {
             core: handoff_core::Settings::default(),
             pop_url: None,
             rate_limit: None,
+            ended_interactions_kept: Duration::from_secs(25 * 60 * 60),
         }
     }
 }
@@ -110,6 +114,7 @@ impl Running {
             store.clone(),
             settings.core.clone(),
             settings.pop_url.clone(),
+            settings.ended_interactions_kept,
             shutdown.clone(),
         )
         .await?;

@@ -367,6 +367,41 @@ impl State {
         self.examined
     }
 
+    /// Drops from memory the interactions that ended (a terminal state) before `cutoff`, and
+    /// says how many. Nothing refers to an ended interaction but the table and the creation
+    /// order: it holds no agent, waits in no line and has no timer. Its events stay in the log,
+    /// from which `interaction_from_events` makes it again.
+    pub fn forget_ended_before(&mut self, cutoff: Timestamp) -> usize {
+        let before = self.interactions.len();
+        self.interactions.retain(|_, interaction| {
+            !(interaction.state.is_terminal() && interaction.updated_at < cutoff)
+        });
+        let forgotten = before - self.interactions.len();
+        if forgotten > 0 {
+            let kept = &self.interactions;
+            self.creation_order.retain(|id| kept.contains_key(id));
+        }
+        forgotten
+    }
+
+    /// The interaction that `events` (one interaction's, oldest first, as `apply` took them)
+    /// make, on their own: how an interaction `forget_ended_before` dropped is read again.
+    /// Fields that depend on other callers (`waiting_order`) are not what they were.
+    pub fn interaction_from_events<'a>(
+        settings: Settings,
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Option<Interaction> {
+        let mut scratch = State::new(settings);
+        let mut created = None;
+        for event in events {
+            if let Event::InteractionCreated { spec } = event {
+                created.get_or_insert_with(|| spec.id.clone());
+            }
+            scratch.apply(event);
+        }
+        scratch.interactions.remove(&created?).map(|boxed| *boxed)
+    }
+
     /// Moves an agent's ack cursor forward; acks are not events, the store keeps them beside the log.
     pub fn set_acked(&mut self, agent: &AgentId, seq: Seq) {
         if let Some(agent) = self.agents.get_mut(agent) {

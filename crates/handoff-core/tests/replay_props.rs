@@ -815,6 +815,35 @@ fn run_sequence(
         })?;
     }
 
+    // Every ended interaction, made again from its own events alone (as the API reads one the
+    // engine forgot), is what the state holds; only its place among all callers ever queued
+    // (`waiting_order`) is counted afresh.
+    for ended in state.interactions().filter(|i| i.state.is_terminal()) {
+        let own = log
+            .iter()
+            .filter(|e| e.interaction_id() == Some(ended.id()));
+        let again = State::interaction_from_events(settings.clone(), own);
+        prop_assert!(again.is_some(), "{} not made again", ended.id());
+        let mut again = again.unwrap();
+        again.waiting_order = ended.waiting_order;
+        prop_assert_eq!(&again, ended);
+    }
+    // Forgetting every ended interaction leaves the open ones and every invariant.
+    let mut forgetful = state.clone();
+    let ended = state
+        .interactions()
+        .filter(|i| i.state.is_terminal())
+        .count();
+    prop_assert_eq!(
+        forgetful.forget_ended_before(Timestamp::from_millis(i64::MAX)),
+        ended
+    );
+    prop_assert!(forgetful.interactions().map(|i| i.id()).eq(state
+        .interactions()
+        .filter(|i| !i.state.is_terminal())
+        .map(|i| i.id())));
+    check_invariants(&forgetful)?;
+
     // Replay the whole log on a fresh state.
     let mut rebuilt = State::new(settings);
     for event in &log {

@@ -2543,3 +2543,70 @@ fn replaying_the_events_of_a_scripted_day_through_apply_rebuilds_the_same_state(
     }
     assert_eq!(observe(&rebuilt), observe(&state));
 }
+
+#[test]
+fn ended_interactions_are_forgotten_past_the_cutoff_and_made_again_from_their_own_events() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    available_agent(&mut state, "bob", 1, t(0));
+    let mut log = create(&mut state, "c1", to_agent("alice"), None, 0, t(1_000));
+    log.extend(ok(&mut state, accept("c1", "alice"), t(2_000)));
+    log.extend(ok(
+        &mut state,
+        transfer("c1", "alice", to_agent("bob"), None, Some("wants a refund")),
+        t(3_000),
+    ));
+    log.extend(ok(&mut state, accept("c1", "bob"), t(4_000)));
+    log.extend(ok(&mut state, complete("c1", "bob"), t(5_000)));
+    // A caller who gave up while offered, and one still offered.
+    log.extend(create(
+        &mut state,
+        "c2",
+        to_agent("alice"),
+        None,
+        0,
+        t(6_000),
+    ));
+    log.extend(ok(&mut state, hangup("c2"), t(7_000)));
+    log.extend(create(
+        &mut state,
+        "c3",
+        to_agent("alice"),
+        None,
+        0,
+        t(8_000),
+    ));
+
+    // From its own events alone (what the log's subject index gives), each ended interaction
+    // comes back as it was.
+    for (id, ended_as) in [
+        ("c1", InteractionState::Completed),
+        ("c2", InteractionState::Abandoned),
+    ] {
+        let before = state.interaction(&iid(id)).unwrap().clone();
+        assert_eq!(before.state, ended_as);
+        let own = log.iter().filter(|e| e.interaction_id() == Some(&iid(id)));
+        let again = State::interaction_from_events(settings(), own).unwrap();
+        assert_eq!(again, before, "{id} made again from its events");
+    }
+
+    // Nothing ended at or after the cutoff is forgotten.
+    assert_eq!(state.forget_ended_before(t(5_000)), 0);
+    assert_eq!(state.forget_ended_before(t(5_001)), 1);
+    assert!(state.interaction(&iid("c1")).is_none());
+    assert_eq!(state.forget_ended_before(t(7_001)), 1);
+    let listed: Vec<&str> = state.interactions().map(|i| i.id().as_str()).collect();
+    assert_eq!(listed, ["c3"]);
+    // An open interaction stays, however old the cutoff makes it, and routing goes on.
+    assert_eq!(state.forget_ended_before(t(1_000_000)), 0);
+    assert_eq!(
+        state.interaction(&iid("c3")).unwrap().state,
+        InteractionState::Offered
+    );
+    ok(&mut state, accept("c3", "alice"), t(9_000));
+    // A command on a forgotten interaction: the core no longer knows it.
+    assert!(matches!(
+        refused(&mut state, hangup("c1"), t(10_000)),
+        CommandError::UnknownInteraction(_)
+    ));
+}

@@ -46,6 +46,10 @@ pub struct Config {
     /// `https://crm.example.com/search?phone={{ caller }}`, every value percent-encoded.
     /// Default none; an empty value is none too.
     pub pop_url: Option<String>,
+    /// How long an ended interaction stays in memory. After that `GET /v1/interactions/{id}`
+    /// reads it from the log and lists no longer show it; memory stays bounded by the calls of
+    /// that span.
+    pub ended_interactions_kept_s: u64,
     /// Requests a second each key or session may make on average; beyond it the server
     /// answers 429 `rate_limited` with `Retry-After`. 0 (the default): no limit.
     pub rate_limit_per_key: u32,
@@ -75,6 +79,7 @@ impl Default for Config {
             ping_interval_s: 15,
             log: "info".to_owned(),
             pop_url: None,
+            ended_interactions_kept_s: 25 * 60 * 60,
             rate_limit_per_key: 0,
             rate_limit_burst: 0,
             queues: Vec::new(),
@@ -194,6 +199,9 @@ impl Config {
         }
         if let Some(v) = get(env, "pop_url") {
             self.pop_url = Some(v.to_owned());
+        }
+        if let Some(v) = get(env, "ended_interactions_kept_s") {
+            self.ended_interactions_kept_s = number("ended_interactions_kept_s", v)?;
         }
         if let Some(v) = get(env, "rate_limit_per_key") {
             self.rate_limit_per_key = number("rate_limit_per_key", v)?;

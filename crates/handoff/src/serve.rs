@@ -44,6 +44,7 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
         },
         pop_url: config.pop_url.clone(),
         rate_limit: config.rate_limit(),
+        ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
     };
     let running = Running::start(store, settings)
         .await

@@ -26,11 +26,39 @@ use crate::error::ApiError;
 use crate::wire::{canonical_json, interaction_view, now, target_from_wire};
 use crate::AppState;
 
-/// The interaction as the API shows it, from the committed state.
-fn view(state: &AppState, id: &InteractionId) -> Option<InteractionView> {
+/// The interaction as the API shows it: from the committed state, or, once it ended long
+/// enough ago to be forgotten there, from its events in the log.
+async fn view(state: &AppState, id: &InteractionId) -> Result<InteractionView, ApiError> {
+    let interaction = interaction_anywhere(state, id).await?;
     let committed = state.shared.state();
-    let interaction = committed.interaction(id)?;
-    Some(Viewer::new(state, &committed).view(interaction))
+    Ok(Viewer::new(state, &committed).view(&interaction))
+}
+
+/// The interaction from the committed state or, when the engine has forgotten it (it ended
+/// more than `ended_interactions_kept` ago), made again from its own events in the log.
+async fn interaction_anywhere(
+    state: &AppState,
+    id: &InteractionId,
+) -> Result<Interaction, ApiError> {
+    if let Some(interaction) = state.shared.state().interaction(id) {
+        return Ok(interaction.clone());
+    }
+    let stored = state
+        .store
+        .subject_events(id.as_str())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut events = Vec::with_capacity(stored.len());
+    for event in &stored {
+        // The server wrote every payload; one it cannot read back is a defect, not a skip.
+        events.push(
+            crate::wire::decode_event(event.seq, &event.payload).map_err(|error| {
+                ApiError::internal(format!("event {} cannot be read: {error}", event.seq))
+            })?,
+        );
+    }
+    handoff_core::State::interaction_from_events(state.settings.core.clone(), &events)
+        .ok_or_else(|| unknown(id))
 }
 
 /// Builds views against one reading of the committed state, computing each queue's speed of
@@ -90,17 +118,16 @@ fn unknown(id: &InteractionId) -> ApiError {
 }
 
 /// Looks the interaction up and checks that the caller may see it.
-fn readable(
+async fn readable(
     state: &AppState,
     principal: &Principal,
     id: &InteractionId,
 ) -> Result<Interaction, ApiError> {
-    let committed = state.shared.state();
-    let interaction = committed.interaction(id).ok_or_else(|| unknown(id))?;
-    if !principal.may_read_interaction(interaction) {
+    let interaction = interaction_anywhere(state, id).await?;
+    if !principal.may_read_interaction(&interaction) {
         return Err(ApiError::forbidden("this interaction is not yours to see"));
     }
-    Ok(interaction.clone())
+    Ok(interaction)
 }
 
 #[utoipa::path(
@@ -239,7 +266,7 @@ pub async fn create(
         Some(existing) => (StatusCode::OK, existing),
         None => (StatusCode::CREATED, id),
     };
-    let view = view(&state, &id).ok_or_else(|| unknown(&id))?;
+    let view = view(&state, &id).await?;
     Ok(json_response(status, &view))
 }
 
@@ -320,7 +347,7 @@ pub async fn get(
         })?),
     };
     let mut live = state.shared.subscribe();
-    let first = readable(&state, &principal, &id)?;
+    let first = readable(&state, &principal, &id).await?;
     // The answer comes when the state differs from `?state=`, or when the same state now
     // names another agent (an offer that moved on): both tell the IVR where the call goes.
     let baseline = (baseline.unwrap_or(first.state), first.agent.clone());
@@ -346,7 +373,7 @@ pub async fn get(
             }
         }
     }
-    let mut view = view(&state, &id).ok_or_else(|| unknown(&id))?;
+    let mut view = view(&state, &id).await?;
     let history = state
         .store
         .subject_events(id.as_str())
@@ -479,23 +506,21 @@ pub async fn list(
 
 /// The agent an action is taken for: the caller's own agent, or, for an admin, the agent
 /// the interaction is offered or assigned to now.
-fn acting_agent(
+async fn acting_agent(
     state: &AppState,
     principal: &Principal,
     id: &InteractionId,
 ) -> Result<handoff_core::AgentId, ApiError> {
     match principal.role {
         Role::Agent => {
-            let interaction = readable(state, principal, id)?;
-            let _ = interaction;
+            readable(state, principal, id).await?;
             principal
                 .agent
                 .clone()
                 .ok_or_else(|| ApiError::forbidden("this token is not an agent's"))
         }
         Role::Admin => {
-            let committed = state.shared.state();
-            let interaction = committed.interaction(id).ok_or_else(|| unknown(id))?;
+            let interaction = interaction_anywhere(state, id).await?;
             interaction.agent.clone().ok_or_else(|| {
                 ApiError::conflict(
                     "wrong_state",
@@ -517,11 +542,19 @@ async fn action(
     id: &InteractionId,
     command: Command,
 ) -> Result<Response, ApiError> {
-    state.engine.execute(command).await.map_err(engine_error)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &view(state, id).ok_or_else(|| unknown(id))?,
-    ))
+    if let Err(error) = state.engine.execute(command).await {
+        if let EngineError::Refused(CommandError::UnknownInteraction(_)) = &error {
+            // Forgotten by the engine since it ended: still the contract's 409.
+            if let Ok(ended) = interaction_anywhere(state, id).await {
+                return Err(ApiError::conflict(
+                    "wrong_state",
+                    format!("interaction {id} is {}", ended.state.as_str()),
+                ));
+            }
+        }
+        return Err(engine_error(error));
+    }
+    Ok(json_response(StatusCode::OK, &view(state, id).await?))
 }
 
 #[utoipa::path(
@@ -599,7 +632,7 @@ async fn answer_offer(
     command: impl FnOnce(InteractionId, handoff_core::AgentId) -> Command,
 ) -> Result<Response, ApiError> {
     let id = interaction_id(raw_id)?;
-    let agent = acting_agent(state, principal, &id)?;
+    let agent = acting_agent(state, principal, &id).await?;
     read_empty(request, state).await?;
     action(state, &id, command(id.clone(), agent)).await
 }
@@ -634,7 +667,7 @@ pub async fn complete(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = interaction_id(&raw_id)?;
-    let agent = acting_agent(&state, &principal, &id)?;
+    let agent = acting_agent(&state, &principal, &id).await?;
     let has_body = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -695,7 +728,7 @@ pub async fn transfer(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = interaction_id(&raw_id)?;
-    let agent = acting_agent(&state, &principal, &id)?;
+    let agent = acting_agent(&state, &principal, &id).await?;
     let (body, _) = read_json::<TransferRequest>(request, &state).await?;
     let target = target_from_wire(&body.target, "target")?;
     let fallback = body
@@ -747,7 +780,7 @@ pub async fn hangup(
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin, Role::Ivr])?;
     let id = interaction_id(&raw_id)?;
-    readable(&state, &principal, &id)?;
+    readable(&state, &principal, &id).await?;
     read_empty(request, &state).await?;
     action(&state, &id, Command::Hangup { id: id.clone() }).await
 }

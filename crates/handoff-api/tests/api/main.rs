@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod commit_failure;
+mod ended;
 mod handoff_flow;
 mod isolation;
 mod pop_url;
