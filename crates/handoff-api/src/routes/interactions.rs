@@ -29,9 +29,12 @@ use crate::AppState;
 /// The interaction as the API shows it: from the committed state, or, once it ended long
 /// enough ago to be forgotten there, from its events in the log.
 async fn view(state: &AppState, id: &InteractionId) -> Result<InteractionView, ApiError> {
-    let interaction = interaction_anywhere(state, id).await?;
+    Ok(view_of(state, &interaction_anywhere(state, id).await?))
+}
+
+fn view_of(state: &AppState, interaction: &Interaction) -> InteractionView {
     let committed = state.shared.state();
-    Ok(Viewer::new(state, &committed).view(&interaction))
+    Viewer::new(state, &committed).view(interaction)
 }
 
 /// The interaction from the committed state or, when the engine has forgotten it (it ended
@@ -43,22 +46,39 @@ async fn interaction_anywhere(
     if let Some(interaction) = state.shared.state().interaction(id) {
         return Ok(interaction.clone());
     }
-    let stored = state
+    interaction_from_log(state, id, &logged_events(state, id).await?)
+}
+
+/// The interaction's events as the log keeps them, oldest first.
+async fn logged_events(
+    state: &AppState,
+    id: &InteractionId,
+) -> Result<Vec<handoff_store::StoredEvent>, ApiError> {
+    state
         .store
         .subject_events(id.as_str())
         .await
-        .map_err(ApiError::internal)?;
-    let mut events = Vec::with_capacity(stored.len());
-    for event in &stored {
-        // The server wrote every payload; one it cannot read back is a defect, not a skip.
-        events.push(
-            crate::wire::decode_event(event.seq, &event.payload).map_err(|error| {
-                ApiError::internal(format!("event {} cannot be read: {error}", event.seq))
-            })?,
-        );
+        .map_err(ApiError::internal)
+}
+
+fn interaction_from_log(
+    state: &AppState,
+    id: &InteractionId,
+    logged: &[handoff_store::StoredEvent],
+) -> Result<Interaction, ApiError> {
+    let mut events = Vec::with_capacity(logged.len());
+    for stored in logged {
+        let event = crate::wire::decode_event(stored.seq, &stored.payload)
+            .map_err(|error| unreadable(stored.seq, error))?;
+        events.push(event);
     }
     handoff_core::State::interaction_from_events(state.settings.core.clone(), &events)
         .ok_or_else(|| unknown(id))
+}
+
+/// The server wrote every payload; one it cannot read back is a defect, not a skip.
+fn unreadable(seq: u64, error: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("event {seq} cannot be read: {error}"))
 }
 
 /// Builds views against one reading of the committed state, computing each queue's speed of
@@ -373,18 +393,18 @@ pub async fn get(
             }
         }
     }
-    let mut view = view(&state, &id).await?;
-    let history = state
-        .store
-        .subject_events(id.as_str())
-        .await
-        .map_err(ApiError::internal)?;
+    // The state first, then the log, as ever: the history may only run ahead of the view.
+    let live = state.shared.state().interaction(&id).cloned();
+    let history = logged_events(&state, &id).await?;
+    let interaction = match live {
+        Some(interaction) => interaction,
+        None => interaction_from_log(&state, &id, &history)?,
+    };
+    let mut view = view_of(&state, &interaction);
     let mut events = Vec::with_capacity(history.len());
     for stored in &history {
-        // The server wrote every payload; one it cannot read back is a defect, not a skip.
-        let event = serde_json::from_str::<CloudEvent>(&stored.payload).map_err(|error| {
-            ApiError::internal(format!("event {} cannot be read: {error}", stored.seq))
-        })?;
+        let event = serde_json::from_str::<CloudEvent>(&stored.payload)
+            .map_err(|error| unreadable(stored.seq, error))?;
         events.push(event);
     }
     view.history = Some(events);
