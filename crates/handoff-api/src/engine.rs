@@ -484,7 +484,7 @@ struct Group {
 impl EngineTask {
     async fn run(mut self) {
         let mut purge_at = Instant::now();
-        let mut forget_at = Instant::now();
+        let mut forgot_at = Instant::now();
         loop {
             // Deadlines and also escalation steps: a caller whose requirement relaxes needs a
             // dispatch at that moment, though no deadline falls due.
@@ -499,6 +499,7 @@ impl EngineTask {
                 biased;
                 result = next_result(&mut self.in_flight), if !self.in_flight.is_empty() => {
                     self.resolve(result);
+                    self.forget_ended_when_due(&mut forgot_at);
                     continue;
                 }
                 _ = self.shutdown.fired() => break,
@@ -536,10 +537,7 @@ impl EngineTask {
                 let _ = self.run_command(Command::Tick, None, now, &mut group);
             }
             self.submit(group);
-            if forget_at.elapsed() > self.forget_ended_every() {
-                forget_at = Instant::now();
-                self.forget_ended();
-            }
+            self.forget_ended_when_due(&mut forgot_at);
             if purge_at.elapsed() > Duration::from_secs(600) {
                 purge_at = Instant::now();
                 self.purge_idempotency().await;
@@ -884,17 +882,18 @@ impl EngineTask {
         }
     }
 
-    /// How often to look for ended interactions to forget: every minute, or as often as they
-    /// are kept when that is shorter (not more than ten times a second).
-    fn forget_ended_every(&self) -> Duration {
-        FORGET_ENDED_EVERY.min(self.keep_ended.max(Duration::from_millis(100)))
-    }
-
-    /// Drops the interactions that ended longer ago than they are kept, from the working
-    /// state and the committed one alike (readers then find them in the log). Both agree on
-    /// which: an ended interaction takes no more events, so the working state, ahead of the
-    /// committed one, has no newer version of it.
-    fn forget_ended(&mut self) {
+    /// Once a minute (or as often as ended interactions are kept, when that is shorter, at most
+    /// ten times a second), and only with nothing in flight, drops the interactions that ended
+    /// longer ago than they are kept from the working state and the committed one (readers
+    /// then find them in the log). With nothing in flight the two hold the same interactions,
+    /// so they forget the same ones; otherwise an interaction whose last event is still being
+    /// written could be forgotten by the one and kept by the other.
+    fn forget_ended_when_due(&mut self, forgot_at: &mut Instant) {
+        let every = FORGET_ENDED_EVERY.min(self.keep_ended.max(Duration::from_millis(100)));
+        if !self.in_flight.is_empty() || forgot_at.elapsed() < every {
+            return;
+        }
+        *forgot_at = Instant::now();
         let cutoff = ended_cutoff(wire::now(), self.keep_ended);
         if self.working.forget_ended_before(cutoff) == 0 {
             return;
@@ -918,12 +917,12 @@ impl EngineTask {
     }
 }
 
-/// The result of the oldest batch in flight; a batch with nothing to write is durable at once.
 /// Interactions that ended before this moment are no longer kept in memory.
 fn ended_cutoff(now: Timestamp, keep_ended: Duration) -> Timestamp {
     now.plus_millis(-(keep_ended.as_millis().min(i64::MAX as u128) as i64))
 }
 
+/// The result of the oldest batch in flight; a batch with nothing to write is durable at once.
 async fn next_result(in_flight: &mut VecDeque<InFlight>) -> Result<(), StoreError> {
     match in_flight
         .front_mut()
