@@ -29,7 +29,15 @@ use crate::AppState;
 /// The interaction as the API shows it: from the committed state, or, once it ended long
 /// enough ago to be forgotten there, from its events in the log.
 async fn view(state: &AppState, id: &InteractionId) -> Result<InteractionView, ApiError> {
-    Ok(view_of(state, &interaction_anywhere(state, id).await?))
+    {
+        // Every answer to a create or an action comes this way: no copy of the interaction.
+        let committed = state.shared.state();
+        if let Some(interaction) = committed.interaction(id) {
+            return Ok(Viewer::new(state, &committed).view(interaction));
+        }
+    }
+    let forgotten = interaction_from_log(state, id, &logged_events(state, id).await?)?;
+    Ok(view_of(state, &forgotten))
 }
 
 fn view_of(state: &AppState, interaction: &Interaction) -> InteractionView {
@@ -394,9 +402,9 @@ pub async fn get(
         }
     }
     // The state first, then the log, as ever: the history may only run ahead of the view.
-    let live = state.shared.state().interaction(&id).cloned();
+    let in_memory = state.shared.state().interaction(&id).cloned();
     let history = logged_events(&state, &id).await?;
-    let interaction = match live {
+    let interaction = match in_memory {
         Some(interaction) => interaction,
         None => interaction_from_log(&state, &id, &history)?,
     };
