@@ -158,6 +158,24 @@ impl Config {
                 .map(str::to_owned)
                 .collect()
         }
+        // Each numeric setting, read the same way and named in its own error.
+        macro_rules! numbers {
+            ($config:ident: $($field:ident),+) => {
+                $(if let Some(v) = get(env, stringify!($field)) {
+                    $config.$field = number(stringify!($field), v)?;
+                })+
+            };
+        }
+        numbers!(self:
+            max_context_bytes,
+            offer_timeout_s,
+            presence_grace_s,
+            max_missed_offers,
+            ping_interval_s,
+            ended_interactions_kept_s,
+            rate_limit_per_key,
+            rate_limit_burst
+        );
         if let Some(v) = get(env, "listen") {
             self.listen = v.to_owned();
         }
@@ -167,20 +185,8 @@ impl Config {
         if let Some(v) = get(env, "durability") {
             self.durability = v.to_owned();
         }
-        if let Some(v) = get(env, "max_context_bytes") {
-            self.max_context_bytes = number("max_context_bytes", v)?;
-        }
-        if let Some(v) = get(env, "offer_timeout_s") {
-            self.offer_timeout_s = number("offer_timeout_s", v)?;
-        }
-        if let Some(v) = get(env, "presence_grace_s") {
-            self.presence_grace_s = number("presence_grace_s", v)?;
-        }
         if let Some(v) = get(env, "offline_on_disconnect") {
             self.offline_on_disconnect = boolean("offline_on_disconnect", v)?;
-        }
-        if let Some(v) = get(env, "max_missed_offers") {
-            self.max_missed_offers = number("max_missed_offers", v)?;
         }
         if let Some(v) = get(env, "timezone") {
             self.timezone = v.to_owned();
@@ -191,23 +197,11 @@ impl Config {
         if let Some(v) = get(env, "egress_allow") {
             self.egress_allow = list(v);
         }
-        if let Some(v) = get(env, "ping_interval_s") {
-            self.ping_interval_s = number("ping_interval_s", v)?;
-        }
         if let Some(v) = get(env, "log") {
             self.log = v.to_owned();
         }
         if let Some(v) = get(env, "pop_url") {
             self.pop_url = Some(v.to_owned());
-        }
-        if let Some(v) = get(env, "ended_interactions_kept_s") {
-            self.ended_interactions_kept_s = number("ended_interactions_kept_s", v)?;
-        }
-        if let Some(v) = get(env, "rate_limit_per_key") {
-            self.rate_limit_per_key = number("rate_limit_per_key", v)?;
-        }
-        if let Some(v) = get(env, "rate_limit_burst") {
-            self.rate_limit_burst = number("rate_limit_burst", v)?;
         }
         Ok(())
     }
@@ -303,6 +297,11 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The configuration from these `HANDOFF_*` variables alone.
+    fn load_env(pairs: &[(&str, &str)]) -> anyhow::Result<Config> {
+        Config::load(None, &env(pairs), &Overrides::default())
+    }
+
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
@@ -312,7 +311,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_contracts() {
-        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let config = load_env(&[]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./handoff-data"));
         assert_eq!(config.durability, "fsync");
@@ -359,22 +358,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let error = Config::load(
-            None,
-            &env(&[("HANDOFF_OFFER_TIMEOUT_S", "soon")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error = load_env(&[("HANDOFF_OFFER_TIMEOUT_S", "soon")]).unwrap_err();
         assert!(
             error.to_string().contains("HANDOFF_OFFER_TIMEOUT_S"),
             "{error}"
         );
-        let error = Config::load(
-            None,
-            &env(&[("HANDOFF_DURABILITY", "maybe")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error = load_env(&[("HANDOFF_DURABILITY", "maybe")]).unwrap_err();
         assert!(error.to_string().contains("durability"), "{error}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
@@ -385,19 +374,9 @@ mod tests {
 
     #[test]
     fn timezone_takes_any_iana_name_and_names_itself_when_unknown() {
-        let config = Config::load(
-            None,
-            &env(&[("HANDOFF_TIMEZONE", "America/New_York")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let config = load_env(&[("HANDOFF_TIMEZONE", "America/New_York")]).unwrap();
         assert_eq!(config.zone().unwrap().name(), "America/New_York");
-        let error = Config::load(
-            None,
-            &env(&[("HANDOFF_TIMEZONE", "Mars/Olympus_Mons")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error = load_env(&[("HANDOFF_TIMEZONE", "Mars/Olympus_Mons")]).unwrap_err();
         let text = format!("{error:#}");
         assert!(
             text.contains("timezone") && text.contains("Mars/Olympus_Mons"),
@@ -407,33 +386,19 @@ mod tests {
 
     #[test]
     fn rate_limit_is_off_by_default_and_its_burst_defaults_to_twice_the_rate() {
-        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let config = load_env(&[]).unwrap();
         assert_eq!(config.rate_limit(), None);
-        let config = Config::load(
-            None,
-            &env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "50")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let config = load_env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "50")]).unwrap();
         let limit = config.rate_limit().unwrap();
         assert_eq!((limit.per_second, limit.burst), (50, 100));
-        let config = Config::load(
-            None,
-            &env(&[
-                ("HANDOFF_RATE_LIMIT_PER_KEY", "50"),
-                ("HANDOFF_RATE_LIMIT_BURST", "7"),
-            ]),
-            &Overrides::default(),
-        )
+        let config = load_env(&[
+            ("HANDOFF_RATE_LIMIT_PER_KEY", "50"),
+            ("HANDOFF_RATE_LIMIT_BURST", "7"),
+        ])
         .unwrap();
         let limit = config.rate_limit().unwrap();
         assert_eq!((limit.per_second, limit.burst), (50, 7));
-        let error = Config::load(
-            None,
-            &env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "-3")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error = load_env(&[("HANDOFF_RATE_LIMIT_PER_KEY", "-3")]).unwrap_err();
         assert!(
             error.to_string().contains("HANDOFF_RATE_LIMIT_PER_KEY"),
             "{error}"
@@ -442,14 +407,9 @@ mod tests {
 
     #[test]
     fn max_missed_offers_defaults_to_two() {
-        let config = Config::load(None, &env(&[]), &Overrides::default()).unwrap();
+        let config = load_env(&[]).unwrap();
         assert_eq!(config.max_missed_offers, 2);
-        let config = Config::load(
-            None,
-            &env(&[("HANDOFF_MAX_MISSED_OFFERS", "0")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let config = load_env(&[("HANDOFF_MAX_MISSED_OFFERS", "0")]).unwrap();
         assert_eq!(config.max_missed_offers, 0);
     }
 
@@ -550,29 +510,14 @@ name = "general"
             config.queue_configs().unwrap()[0].pop_url.as_deref(),
             Some("https://b.example.com/?a={{ context.account }}")
         );
-        let config = Config::load(
-            None,
-            &env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id }}")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let config = load_env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id }}")]).unwrap();
         assert_eq!(
             config.pop_url.as_deref(),
             Some("https://e.example.com/?i={{ id }}")
         );
-        let unset = Config::load(
-            None,
-            &env(&[("HANDOFF_POP_URL", "")]),
-            &Overrides::default(),
-        )
-        .unwrap();
+        let unset = load_env(&[("HANDOFF_POP_URL", "")]).unwrap();
         assert_eq!(unset.pop_url, None);
-        let error = Config::load(
-            None,
-            &env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let error = load_env(&[("HANDOFF_POP_URL", "https://e.example.com/?i={{ id")]).unwrap_err();
         assert!(format!("{error:#}").contains("pop_url"), "{error:#}");
         let error =
             load_file("[[queues]]\nname = \"billing\"\npop_url = \"{% if %}\"\n").unwrap_err();
