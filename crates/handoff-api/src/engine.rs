@@ -337,8 +337,7 @@ struct IdempotencyEntry {
 /// is foldhash so that each doubling moves 56-byte slots and rehashes quickly: at 104 bytes a
 /// slot and SipHash, the doubling at 7,168 creates showed as a stall of the engine in the
 /// benchmark.
-type IdempotencyTable =
-    HashMap<(String, String), Box<IdempotencyEntry>, foldhash::fast::RandomState>;
+type IdempotencyTable = handoff_core::FastMap<(String, String), Box<IdempotencyEntry>>;
 
 /// Recovery: rebuilds the state by replaying the log, then starts the engine task.
 pub async fn start(

@@ -1315,8 +1315,8 @@ impl State {
         // back after it.
         let mut touched: Agents = event
             .interaction_id()
-            .and_then(|id| self.interactions.get(id))
-            .map(|interaction| holders(interaction))
+            .and_then(|id| self.interaction(id))
+            .map(holders)
             .unwrap_or_default();
         if let Some(agent) = named_agent(event) {
             if !touched.contains(agent) {

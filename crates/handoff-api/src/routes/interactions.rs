@@ -152,10 +152,16 @@ async fn readable(
     id: &InteractionId,
 ) -> Result<Interaction, ApiError> {
     let interaction = interaction_anywhere(state, id).await?;
-    if !principal.may_read_interaction(&interaction) {
-        return Err(ApiError::forbidden("this interaction is not yours to see"));
-    }
+    may_read(principal, &interaction)?;
     Ok(interaction)
+}
+
+fn may_read(principal: &Principal, interaction: &Interaction) -> Result<(), ApiError> {
+    if principal.may_read_interaction(interaction) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("this interaction is not yours to see"))
+    }
 }
 
 #[utoipa::path(
@@ -375,7 +381,17 @@ pub async fn get(
         })?),
     };
     let mut live = state.shared.subscribe();
-    let first = readable(&state, &principal, &id).await?;
+    let in_memory = state.shared.state().interaction(&id).cloned();
+    // A forgotten interaction has ended and takes no more events: the log read here is its
+    // whole history, kept for the answer.
+    let (first, forgotten_history) = match in_memory {
+        Some(interaction) => (interaction, None),
+        None => {
+            let logged = logged_events(&state, &id).await?;
+            (interaction_from_log(&state, &id, &logged)?, Some(logged))
+        }
+    };
+    may_read(&principal, &first)?;
     // The answer comes when the state differs from `?state=`, or when the same state now
     // names another agent (an offer that moved on): both tell the IVR where the call goes.
     let baseline = (baseline.unwrap_or(first.state), first.agent.clone());
@@ -403,7 +419,10 @@ pub async fn get(
     }
     // The state first, then the log, as ever: the history may only run ahead of the view.
     let in_memory = state.shared.state().interaction(&id).cloned();
-    let history = logged_events(&state, &id).await?;
+    let history = match forgotten_history {
+        Some(logged) if in_memory.is_none() => logged,
+        _ => logged_events(&state, &id).await?,
+    };
     let interaction = match in_memory {
         Some(interaction) => interaction,
         None => interaction_from_log(&state, &id, &history)?,
