@@ -47,6 +47,7 @@ pub async fn run_all(h: &dyn Harness) {
         concurrent_commits,
         concurrent_racing_commits,
         refused_batch_fails_only_itself,
+        failing_batch_is_undone_alone_or_grouped,
         reads_beside_writes,
     );
 }
@@ -928,6 +929,109 @@ pub async fn refused_batch_fails_only_itself(h: &dyn Harness) {
             .expect("agent_events_after")
             .is_empty(),
         "no refused event is readable"
+    );
+}
+
+/// A batch that fails while it is being written (here its idempotency record is already
+/// there) leaves nothing of itself, whether it was alone in its transaction or grouped with
+/// others, and the batches beside it land.
+pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
+    const EACH: usize = 16;
+    let s = h.fresh().await;
+    let setup = Batch {
+        events: vec![event(1, "int-1", &["agent-a"], "one")],
+        idempotency: vec![idempotency("key-1", "idem-1", 1_000, 1)],
+        ..Batch::default()
+    };
+    commit(&*s, setup, "the setup batch").await;
+    let before = snapshot(&*s).await;
+
+    // Its event continues the log and is written first; the record after it fails.
+    let failing = |t: usize| Batch {
+        events: vec![event(2, "int-2", &["agent-b"], "two")],
+        acks: vec![(format!("failed-{t:02}"), 1)],
+        idempotency: vec![idempotency("key-1", "idem-1", 2_000, 2)],
+        deadlines_set: vec![deadline("int-2", "agent-b", 6_000)],
+        ..Batch::default()
+    };
+    assert!(
+        s.commit(failing(0)).await.is_err(),
+        "a batch repeating an idempotency record must fail"
+    );
+    assert_eq!(
+        snapshot(&*s).await,
+        before,
+        "a batch that failed alone writes none of its parts"
+    );
+    assert!(
+        s.agent_events_after("agent-b", 0, 100)
+            .await
+            .expect("agent_events_after")
+            .is_empty(),
+        "a batch that failed alone leaves no events for its agents"
+    );
+
+    // The same beside valid batches, started together so that the writer groups them.
+    let start = Arc::new(tokio::sync::Barrier::new(2 * EACH));
+    let mut tasks = Vec::new();
+    for t in 0..EACH {
+        for fails in [false, true] {
+            let (s, start) = (Arc::clone(&s), Arc::clone(&start));
+            let batch = if fails {
+                failing(t)
+            } else {
+                Batch {
+                    acks: vec![(format!("good-{t:02}"), t as SeqNumber)],
+                    ..Batch::default()
+                }
+            };
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                (fails, s.commit(batch).await)
+            }));
+        }
+    }
+    for task in tasks {
+        match join(task).await {
+            (true, result) => assert!(result.is_err(), "a repeated record must fail"),
+            (false, result) => {
+                if let Err(e) = result {
+                    panic!("a valid batch failed beside failing ones: {e}");
+                }
+            }
+        }
+    }
+    let expected: Vec<(String, SeqNumber)> = (0..EACH)
+        .map(|t| (format!("good-{t:02}"), t as SeqNumber))
+        .collect();
+    assert_eq!(
+        sorted_acks(&*s).await,
+        expected,
+        "only the valid batches' acks"
+    );
+    let after = snapshot(&*s).await;
+    assert_eq!(after.events, before.events, "no failed batch's event");
+    assert_eq!(after.head, 1, "no failed batch moved the head");
+    assert_eq!(
+        after.idempotency, before.idempotency,
+        "no failed batch's record"
+    );
+    assert_eq!(
+        after.deadlines, before.deadlines,
+        "no failed batch's deadline"
+    );
+
+    let next = event(2, "int-2", &["agent-b"], "two");
+    commit(
+        &*s,
+        events_batch(vec![next.clone()]),
+        "seq 2 after the failures",
+    )
+    .await;
+    assert_eq!(
+        s.events_after(1, 100).await.expect("events_after"),
+        vec![next],
+        "the log continues where the failed batches did not"
     );
 }
 

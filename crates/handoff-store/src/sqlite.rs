@@ -507,10 +507,15 @@ impl Writer {
     ///
     /// Each batch runs in its own savepoint, so a batch that is refused (seq not continuing the
     /// log) or fails (a constraint) is rolled back alone and the rest of the group still
-    /// commits. Only a failure of the transaction itself fails the whole group.
+    /// commits. Only a failure of the transaction itself fails the whole group. A group of one
+    /// request (most of them) needs no savepoint: if it fails, rolling the transaction back
+    /// undoes the same.
     fn write_group(&mut self, group: Vec<Request>) {
         let started = Instant::now();
         let size = group.len();
+        let alone = size == 1;
+        // A lone request failed with no savepoint around it: roll back instead of committing.
+        let mut discard = false;
         let mut head = self.head;
         let mut written = Vec::with_capacity(size);
         let mut events = 0usize;
@@ -541,7 +546,7 @@ impl Writer {
                         drop(reply.send(Err(e)));
                         continue;
                     }
-                    match in_savepoint(&mut tx, |conn| apply_batch(conn, &batch)) {
+                    match in_group(&mut tx, alone, |conn| apply_batch(conn, &batch)) {
                         Ok(()) => {
                             if let Some(last) = batch.events.last() {
                                 head = last.seq;
@@ -553,6 +558,11 @@ impl Writer {
                             tracing::warn!(error = %e, "store: a batch failed and was rolled back");
                             drop(reply.send(Err(e)));
                         }
+                        Err(SavepointError::UndoTransaction(e)) => {
+                            tracing::warn!(error = %e, "store: a batch failed and was rolled back");
+                            drop(reply.send(Err(e)));
+                            discard = true;
+                        }
                         Err(SavepointError::Broken(e)) => {
                             drop(reply.send(Err(StoreError::Backend(e.clone()))));
                             broken = Some(e);
@@ -560,9 +570,13 @@ impl Writer {
                     }
                 }
                 Request::Purge { before_ms, reply } => {
-                    match in_savepoint(&mut tx, |conn| purge_idempotency(conn, before_ms)) {
+                    match in_group(&mut tx, alone, |conn| purge_idempotency(conn, before_ms)) {
                         Ok(n) => written.push(Written::Purge(reply, n)),
                         Err(SavepointError::RolledBack(e)) => drop(reply.send(Err(e))),
+                        Err(SavepointError::UndoTransaction(e)) => {
+                            drop(reply.send(Err(e)));
+                            discard = true;
+                        }
                         Err(SavepointError::Broken(e)) => {
                             drop(reply.send(Err(StoreError::Backend(e.clone()))));
                             broken = Some(e);
@@ -578,6 +592,10 @@ impl Writer {
                 drop(tx.rollback());
                 Err(reason)
             }
+            // Nothing else is in the transaction: undoing it undoes only the failed request.
+            None if discard => tx
+                .rollback()
+                .map_err(|e| format!("rolling back a failed batch: {e}")),
             None => tx
                 .commit()
                 .map_err(|e| format!("committing a transaction: {e}")),
@@ -610,8 +628,26 @@ impl Writer {
 enum SavepointError {
     /// The work failed and its savepoint was rolled back: the transaction is as before it.
     RolledBack(StoreError),
+    /// The work failed with no savepoint around it (it was alone in the transaction): the
+    /// transaction may hold part of it and must be rolled back, not committed.
+    UndoTransaction(StoreError),
     /// Even the rollback failed: the transaction can no longer be trusted.
     Broken(String),
+}
+
+/// Runs one request of a group. Alone in its transaction it runs without a savepoint: a
+/// savepoint makes SQLite copy every page the request changes into a statement journal first,
+/// in case it is rolled back, about 45 KB for a usual batch, and most groups hold one request.
+fn in_group<T>(
+    tx: &mut Transaction<'_>,
+    alone: bool,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, SavepointError> {
+    if alone {
+        work(tx).map_err(SavepointError::UndoTransaction)
+    } else {
+        in_savepoint(tx, work)
+    }
 }
 
 fn in_savepoint<T>(
@@ -912,6 +948,12 @@ fn open_writer(
         conn.pragma_update(None, "journal_size_limit", wal_restart_pages * 4096)
             .map_err(|e| format!("cannot set journal_size_limit: {e}"))?;
     }
+    // Statement journals (a savepoint's copy of the pages it changes) stay in memory: past
+    // 64 KiB SQLite otherwise moves them to a file it creates and unlinks in /var/tmp, several
+    // times a second under load, inside the commit. One transaction's worth is bounded by the
+    // group size.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(|e| format!("cannot set temp_store=MEMORY: {e}"))?;
     // A few more statements than the writer uses, so none is evicted and re-prepared.
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
