@@ -48,6 +48,7 @@ pub async fn run_all(h: &dyn Harness) {
         concurrent_racing_commits,
         refused_batch_fails_only_itself,
         failing_batch_is_undone_alone_or_grouped,
+        event_agents_are_kept_once_in_order_and_must_be_readable,
         reads_beside_writes,
     );
 }
@@ -1032,6 +1033,54 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
         s.events_after(1, 100).await.expect("events_after"),
         vec![next],
         "the log continues where the failed batches did not"
+    );
+}
+
+/// An agent listed twice for one event is kept once, at its first place; an agent id that
+/// could not be told apart from the next (empty, or over two lines) refuses the batch.
+pub async fn event_agents_are_kept_once_in_order_and_must_be_readable(h: &dyn Harness) {
+    let s = h.fresh().await;
+    let listed_twice = event(1, "int-1", &["agent-b", "agent-a", "agent-b"], "one");
+    commit(
+        &*s,
+        events_batch(vec![listed_twice]),
+        "an agent listed twice",
+    )
+    .await;
+    let read = s.events_after(0, 10).await.expect("events_after");
+    assert_eq!(read.len(), 1, "the event is written");
+    assert_eq!(
+        read[0].agents,
+        ["agent-b", "agent-a"],
+        "each agent once, at its first place"
+    );
+    let for_b = s
+        .agent_events_after("agent-b", 0, 10)
+        .await
+        .expect("agent_events_after");
+    assert_eq!(for_b, read, "the agent's stream has the event once");
+
+    for bad in ["", "agent-c\nagent-d"] {
+        let batch = events_batch(vec![event(2, "int-2", &["agent-a", bad], "two")]);
+        match s.commit(batch).await {
+            Err(StoreError::Backend(reason)) => assert!(
+                reason.contains("agent id"),
+                "the refusal names the agent id: {reason}"
+            ),
+            other => panic!("agent id {bad:?} must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        s.head().await.expect("head"),
+        1,
+        "no refused event is written"
+    );
+    assert!(
+        s.agent_events_after("agent-a", 1, 10)
+            .await
+            .expect("agent_events_after")
+            .is_empty(),
+        "no refused event is readable"
     );
 }
 

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, Row, Transaction, TransactionBehavior};
+use smallvec::SmallVec;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::{
@@ -28,7 +29,7 @@ const DB_FILE: &str = "handoff.db";
 
 /// `PRAGMA user_version` of the schema this build writes. A database with a higher version was
 /// written by a newer build and is refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Bound on queued commits: beyond it, committers wait, which pushes back on whoever produces
 /// events faster than the disk can take them.
@@ -69,30 +70,33 @@ const WAL_CHASE_PASSES: usize = 8;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
+-- `agents`: the event's agents in the order given, each once, one per line (`AGENT_SEPARATOR`).
+-- Kept in the row, so that reading an event back needs no second index: a commit wrote a page
+-- of one for every event.
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
     subject TEXT NOT NULL,
     time_ms INTEGER NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    agents TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX events_subject_seq ON events (subject, seq);
 
--- `pos` keeps the order the agents were given in; an agent listed twice for one event is kept
--- once, at its first position.
+-- An agent's events, for resuming its stream. `pos` is its place in the event's agents.
 CREATE TABLE event_agents (
     agent_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     pos INTEGER NOT NULL,
     PRIMARY KEY (agent_id, seq)
 ) WITHOUT ROWID;
--- Reading an event back needs its agents by seq; the primary key only serves by agent.
-CREATE INDEX event_agents_seq_pos ON event_agents (seq, pos);
 
+-- Tables keyed by text are WITHOUT ROWID: a rowid table with a text key is two B-trees, the
+-- rows and the key's index, and a write at a random place in each is two pages a commit.
 CREATE TABLE acks (
     agent_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE idempotency (
     key_id TEXT NOT NULL,
@@ -108,7 +112,7 @@ CREATE TABLE offer_deadlines (
     interaction_id TEXT PRIMARY KEY,
     agent_id TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE keys (
     id TEXT PRIMARY KEY,
@@ -119,6 +123,40 @@ CREATE TABLE keys (
     created_ms INTEGER NOT NULL
 );
 ";
+
+/// From schema version 1: each event's agents move into its row (from `event_agents`, by
+/// position), the index that served reading them by seq goes, and the text-keyed tables become
+/// WITHOUT ROWID. One transaction with the version change.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE events ADD COLUMN agents TEXT NOT NULL DEFAULT '';
+UPDATE events SET agents = (
+    SELECT group_concat(agent_id, char(10) ORDER BY pos) FROM event_agents
+    WHERE event_agents.seq = events.seq
+) WHERE seq IN (SELECT seq FROM event_agents);
+DROP INDEX event_agents_seq_pos;
+
+CREATE TABLE acks_2 (
+    agent_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO acks_2 (agent_id, seq) SELECT agent_id, seq FROM acks;
+DROP TABLE acks;
+ALTER TABLE acks_2 RENAME TO acks;
+
+CREATE TABLE offer_deadlines_2 (
+    interaction_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO offer_deadlines_2 (interaction_id, agent_id, expires_ms)
+    SELECT interaction_id, agent_id, expires_ms FROM offer_deadlines;
+DROP TABLE offer_deadlines;
+ALTER TABLE offer_deadlines_2 RENAME TO offer_deadlines;
+";
+
+/// Between an event's agents in its row. Agent ids never hold it (the API's ids are
+/// `[A-Za-z0-9._-]`); the writer refuses a batch whose ids do, rather than split them wrongly.
+const AGENT_SEPARATOR: char = '\n';
 
 /// What the writer thread is asked to do. Purging is a write too, so it queues with commits.
 enum Request {
@@ -344,14 +382,13 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read("reading events", move |conn| {
-            let mut events = conn
+            let events = conn
                 .prepare_cached(
-                    "SELECT seq, type, subject, time_ms, payload FROM events
+                    "SELECT seq, type, subject, time_ms, payload, agents FROM events
                      WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?
                 .query_map(params![seq_bound(after), sql_limit(limit)], event_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            attach_agents(conn, &mut events)?;
             Ok(events)
         })
         .await
@@ -365,9 +402,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let agent_id = agent_id.to_owned();
         self.read("reading an agent's events", move |conn| {
-            let mut events = conn
+            let events = conn
                 .prepare_cached(
-                    "SELECT e.seq, e.type, e.subject, e.time_ms, e.payload
+                    "SELECT e.seq, e.type, e.subject, e.time_ms, e.payload, e.agents
                      FROM event_agents a JOIN events e ON e.seq = a.seq
                      WHERE a.agent_id = ?1 AND a.seq > ?2 ORDER BY a.seq LIMIT ?3",
                 )?
@@ -376,7 +413,6 @@ impl Store for SqliteStore {
                     event_from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            attach_agents(conn, &mut events)?;
             Ok(events)
         })
         .await
@@ -385,14 +421,13 @@ impl Store for SqliteStore {
     async fn subject_events(&self, subject: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let subject = subject.to_owned();
         self.read("reading a subject's events", move |conn| {
-            let mut events = conn
+            let events = conn
                 .prepare_cached(
-                    "SELECT seq, type, subject, time_ms, payload FROM events
+                    "SELECT seq, type, subject, time_ms, payload, agents FROM events
                      WHERE subject = ?1 ORDER BY seq",
                 )?
                 .query_map(params![subject], event_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            attach_agents(conn, &mut events)?;
             Ok(events)
         })
         .await
@@ -692,21 +727,35 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     if !batch.events.is_empty() {
         let mut event = conn
             .prepare_cached(
-                "INSERT INTO events (seq, type, subject, time_ms, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (seq, type, subject, time_ms, payload, agents)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(fail("preparing the event insert"))?;
         let mut agent = conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO event_agents (agent_id, seq, pos) VALUES (?1, ?2, ?3)",
-            )
+            .prepare_cached("INSERT INTO event_agents (agent_id, seq, pos) VALUES (?1, ?2, ?3)")
             .map_err(fail("preparing the event agent insert"))?;
+        let mut agents = String::new();
         for e in &batch.events {
             let seq = seq_value(e.seq)?;
+            let each_once = agents_each_once(e)?;
+            agents.clear();
+            for (pos, agent_id) in each_once.iter().enumerate() {
+                if pos > 0 {
+                    agents.push(AGENT_SEPARATOR);
+                }
+                agents.push_str(agent_id);
+            }
             event
-                .execute(params![seq, e.event_type, e.subject, e.time_ms, e.payload])
+                .execute(params![
+                    seq,
+                    e.event_type,
+                    e.subject,
+                    e.time_ms,
+                    e.payload,
+                    agents
+                ])
                 .map_err(fail(format_args!("writing event {}", e.seq)))?;
-            for (pos, agent_id) in e.agents.iter().enumerate() {
+            for (pos, agent_id) in each_once.iter().enumerate() {
                 agent
                     .execute(params![agent_id, seq, pos as i64])
                     .map_err(fail(format_args!("writing the agents of event {}", e.seq)))?;
@@ -817,6 +866,24 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     }
 
     Ok(())
+}
+
+/// The event's agents in the order given, an agent listed twice kept at its first place.
+/// Refuses an id that could not be read back from the row: empty, or holding the separator.
+fn agents_each_once(event: &StoredEvent) -> Result<SmallVec<[&str; 4]>, StoreError> {
+    let mut each_once: SmallVec<[&str; 4]> = SmallVec::new();
+    for agent_id in &event.agents {
+        if agent_id.is_empty() || agent_id.contains(AGENT_SEPARATOR) {
+            return Err(StoreError::Backend(format!(
+                "event {} names the agent {agent_id:?}: an agent id must be non-empty and on one line",
+                event.seq
+            )));
+        }
+        if !each_once.contains(&agent_id.as_str()) {
+            each_once.push(agent_id);
+        }
+    }
+    Ok(each_once)
 }
 
 /// Maps a rusqlite error to `Backend`, saying what was being done.
@@ -1090,7 +1157,8 @@ fn open_reader(path: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
-/// Creates the schema on a new database; refuses one written by a newer build.
+/// Creates the schema on a new database, brings an older one up to date, and refuses one
+/// written by a newer build.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     // IMMEDIATE so that two processes opening a new database at once do not both create it.
     let tx = conn
@@ -1105,6 +1173,23 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
                 .map_err(|e| format!("cannot create the schema: {e}"))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| format!("cannot record the schema version: {e}"))?;
+        }
+        1 => {
+            // It rewrites every event: say so, a large log takes a while.
+            let events: i64 = tx
+                .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+                .map_err(|e| format!("cannot count the events to migrate: {e}"))?;
+            tracing::info!(events, "store: moving the schema from version 1 to 2");
+            let started = Instant::now();
+            tx.execute_batch(MIGRATE_1_TO_2)
+                .map_err(|e| format!("cannot move the schema from version 1 to 2: {e}"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| format!("cannot record the schema version: {e}"))?;
+            tracing::info!(
+                events,
+                took_ms = started.elapsed().as_millis() as u64,
+                "store: schema at version 2"
+            );
         }
         SCHEMA_VERSION => {}
         other => {
@@ -1123,32 +1208,21 @@ fn read_head(conn: &Connection) -> rusqlite::Result<SeqNumber> {
     })
 }
 
+/// An event from `seq, type, subject, time_ms, payload, agents`.
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    let agents: String = row.get(5)?;
     Ok(StoredEvent {
         seq: row.get(0)?,
         event_type: row.get(1)?,
         subject: row.get(2)?,
         time_ms: row.get(3)?,
-        agents: Vec::new(),
+        agents: if agents.is_empty() {
+            Vec::new()
+        } else {
+            agents.split(AGENT_SEPARATOR).map(str::to_owned).collect()
+        },
         payload: row.get(4)?,
     })
-}
-
-/// Fills in each event's agents. Separate statements may see different snapshots, but the log
-/// is append-only and an event's agents are written in the same transaction as the event, so
-/// an event that was read always has all of its agents visible.
-fn attach_agents(conn: &Connection, events: &mut [StoredEvent]) -> rusqlite::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut stmt =
-        conn.prepare_cached("SELECT agent_id FROM event_agents WHERE seq = ?1 ORDER BY pos")?;
-    for event in events {
-        event.agents = stmt
-            .query_map(params![seq_bound(event.seq)], |row| row.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-    }
-    Ok(())
 }
 
 /// A seq to be written: SQLite integers are signed, and a seq past `i64::MAX` cannot be stored.

@@ -158,13 +158,13 @@ fn newer_schema_is_refused() {
     let db = root.path().join("handoff.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .pragma_update(None, "user_version", 2)
+        .pragma_update(None, "user_version", 3)
         .unwrap();
 
     match SqliteStore::open(root.path(), Durability::Fsync) {
         Err(StoreError::Open { reason, .. }) => {
             assert!(
-                reason.contains("schema version is 2"),
+                reason.contains("schema version is 3"),
                 "unclear reason: {reason}"
             )
         }
@@ -182,7 +182,7 @@ fn reopening_keeps_the_schema() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -410,4 +410,119 @@ async fn commit_one(store: &SqliteStore, event: StoredEvent) {
         })
         .await
         .expect("commit");
+}
+
+/// The schema builds before version 2 wrote, kept here as they wrote it.
+const SCHEMA_VERSION_1: &str = "
+CREATE TABLE events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, subject TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX events_subject_seq ON events (subject, seq);
+CREATE TABLE event_agents (agent_id TEXT NOT NULL, seq INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, seq)) WITHOUT ROWID;
+CREATE INDEX event_agents_seq_pos ON event_agents (seq, pos);
+CREATE TABLE acks (agent_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE idempotency (key_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL, interaction_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idempotency_key)) WITHOUT ROWID;
+CREATE INDEX idempotency_created_ms ON idempotency (created_ms);
+CREATE TABLE offer_deadlines (interaction_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL);
+CREATE TABLE keys (id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, agent_id TEXT,
+    token_sha256 BLOB NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+PRAGMA user_version = 1;
+";
+
+/// A database written by a version 1 build opens with everything it held: each event with its
+/// agents in their order, each agent's stream, the acks and the offer deadlines; and it is then
+/// at version 2, its text-keyed tables WITHOUT ROWID and the by-seq agent index gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_opens_with_everything_it_held() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(SCHEMA_VERSION_1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events VALUES (1, 'interaction.offered', 'int-1', 10, '{\"a\":1}');
+             INSERT INTO events VALUES (2, 'agent.state_changed', 'agent-a', 20, '{}');
+             INSERT INTO events VALUES (3, 'interaction.accepted', 'int-1', 30, '{\"a\":3}');
+             -- Written out of order on purpose: the position decides.
+             INSERT INTO event_agents VALUES ('agent-a', 1, 1), ('agent-b', 1, 0);
+             INSERT INTO event_agents VALUES ('agent-a', 3, 0);
+             INSERT INTO acks VALUES ('agent-a', 3), ('agent-b', 1);
+             INSERT INTO offer_deadlines VALUES ('int-1', 'agent-b', 5000);",
+        )
+        .unwrap();
+    }
+
+    let store = SqliteStore::open(root.path(), Durability::Fsync).expect("opening a v1 database");
+    let events = store.events_after(0, 10).await.expect("events_after");
+    let agents: Vec<(u64, Vec<String>)> =
+        events.iter().map(|e| (e.seq, e.agents.clone())).collect();
+    assert_eq!(
+        agents,
+        vec![
+            (1, vec!["agent-b".to_string(), "agent-a".to_string()]),
+            (2, vec![]),
+            (3, vec!["agent-a".to_string()]),
+        ],
+        "every event keeps its agents, in their order"
+    );
+    assert_eq!(events[0].payload, "{\"a\":1}", "payloads are kept");
+    let for_a: Vec<u64> = store
+        .agent_events_after("agent-a", 0, 10)
+        .await
+        .expect("agent_events_after")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(for_a, [1, 3], "an agent's stream is kept");
+    let snapshot = conformance::snapshot(&store).await;
+    assert_eq!(
+        snapshot.acks,
+        vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 1)],
+        "acks are kept"
+    );
+    assert_eq!(snapshot.deadlines.len(), 1, "offer deadlines are kept");
+    assert_eq!(snapshot.deadlines[0].interaction_id, "int-1");
+    assert_eq!(snapshot.deadlines[0].expires_ms, 5000);
+
+    // The log goes on from where it was.
+    commit_one(
+        &store,
+        StoredEvent {
+            seq: 4,
+            event_type: "interaction.completed".into(),
+            subject: "int-1".into(),
+            time_ms: 40,
+            agents: vec!["agent-a".into()],
+            payload: "{}".into(),
+        },
+    )
+    .await;
+    assert_eq!(store.head().await.expect("head"), 4);
+    drop(store);
+
+    let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2, "the database is at the new version");
+    let sql = |name: &str| -> Option<String> {
+        conn.query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    assert_eq!(
+        sql("event_agents_seq_pos"),
+        None,
+        "the by-seq index is gone"
+    );
+    for table in ["acks", "offer_deadlines"] {
+        let text = sql(table).unwrap_or_else(|| panic!("{table} is missing"));
+        assert!(text.contains("WITHOUT ROWID"), "{table} is now: {text}");
+    }
 }
