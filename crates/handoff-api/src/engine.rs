@@ -635,8 +635,7 @@ impl EngineTask {
                 ),
                 _ => None,
             };
-            let cloud = wire::cloud_event(seq.get(), &event, interaction, pop_template);
-            let payload = serde_json::to_string(&cloud).unwrap_or_default();
+            let payload = wire::cloud_event_payload(seq.get(), &event, interaction, pop_template);
             if let Some(id) = event.interaction_id() {
                 if matches!(
                     event,
