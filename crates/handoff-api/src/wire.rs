@@ -41,25 +41,46 @@ pub fn now() -> Timestamp {
     Timestamp::from_millis(since_epoch.as_millis() as i64)
 }
 
-/// JSON with object keys sorted at every depth: equal parsed JSON gives equal text.
+/// JSON with object keys sorted at every depth: equal parsed JSON gives equal text. Written
+/// out as it walks the value, without a sorted copy of it (every create with an
+/// `Idempotency-Key` hashes its body this way).
 pub fn canonical_json(value: &Value) -> String {
-    fn sorted(value: &Value) -> Value {
+    fn write(value: &Value, out: &mut Vec<u8>) {
         match value {
             Value::Object(map) => {
                 let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect(),
-                )
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (index, (key, item)) in entries.into_iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write_scalar(key, out);
+                    out.push(b':');
+                    write(item, out);
+                }
+                out.push(b'}');
             }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => write_scalar(scalar, out),
         }
     }
-    sorted(value).to_string()
+    fn write_scalar(scalar: &(impl serde::Serialize + ?Sized), out: &mut Vec<u8>) {
+        // Writing a string, number, bool or null into memory cannot fail.
+        serde_json::to_writer(&mut *out, scalar).expect("a JSON scalar serializes");
+    }
+    let mut out = Vec::with_capacity(256);
+    write(value, &mut out);
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 // ----- targets ----------------------------------------------------------------------------
@@ -389,7 +410,8 @@ pub fn interaction_view(
         }),
         position: position.map(|p| p as u64),
         estimated_wait_s,
-        context: context_value(&spec.context),
+        context: wire::RawJson::from_text(spec.context.clone())
+            .unwrap_or_else(|_| wire::RawJson::empty_object()),
         caller: spec.caller.clone(),
         dialed: spec.dialed.clone(),
         channel: spec.channel.clone(),
@@ -1411,6 +1433,51 @@ mod tests {
             let decoded =
                 decode_event(seq, &text).unwrap_or_else(|error| panic!("{error}\n{text}"));
             assert_eq!(&decoded, event, "{text}");
+        }
+    }
+
+    /// Keys sorted at every depth, compact, scalars as serde_json writes them: the same text as
+    /// a sorted copy serialized (what it was before), whatever the key order given.
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth_and_writes_the_rest_as_serde_json_does() {
+        fn sorted_copy(value: &Value) -> Value {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                    Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.clone(), sorted_copy(v)))
+                            .collect(),
+                    )
+                }
+                Value::Array(items) => Value::Array(items.iter().map(sorted_copy).collect()),
+                other => other.clone(),
+            }
+        }
+        let one: Value = serde_json::from_str(
+            r#"{"z": [3, {"b": 1, "a": null}], "a": {"y": "Zoë \"q\"\n\u0001🚀", "x": -2.5e-9},
+                "m": true, "é": 18446744073709551615, "": []}"#,
+        )
+        .unwrap();
+        let other_order: Value = serde_json::from_str(
+            r#"{"": [], "é": 18446744073709551615, "m": true,
+                "a": {"x": -2.5e-9, "y": "Zoë \"q\"\n\u0001🚀"}, "z": [3, {"a": null, "b": 1}]}"#,
+        )
+        .unwrap();
+        let text = canonical_json(&one);
+        assert_eq!(
+            text,
+            r#"{"":[],"a":{"x":-2.5e-9,"y":"Zoë \"q\"\n\u0001🚀"},"m":true,"z":[3,{"a":null,"b":1}],"é":18446744073709551615}"#
+        );
+        assert_eq!(
+            canonical_json(&other_order),
+            text,
+            "key order does not matter"
+        );
+        for value in [one, json!([]), json!("x"), json!(null), json!({"k": {}})] {
+            assert_eq!(canonical_json(&value), sorted_copy(&value).to_string());
         }
     }
 

@@ -185,6 +185,41 @@ pub struct AgentRef {
     pub address: Option<String>,
 }
 
+/// JSON kept as its text: written out as it came and read in without building a tree of it.
+/// The caller's context is one: the server keeps it as text and only passes it on, and making
+/// a tree of it for every answer was a visible share of a create. Equal when the texts are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// `text`, when it is JSON.
+    pub fn from_text(text: String) -> Result<RawJson, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(RawJson)
+    }
+
+    /// `{}`.
+    pub fn empty_object() -> RawJson {
+        RawJson::from_text("{}".to_owned()).expect("an empty object is JSON")
+    }
+
+    /// The JSON text.
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON as a tree, to look inside it.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.text()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct InteractionView {
@@ -201,7 +236,7 @@ pub struct InteractionView {
     #[serde(default)]
     pub estimated_wait_s: Option<u64>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub context: Value,
+    pub context: RawJson,
     pub caller: Option<String>,
     pub dialed: Option<String>,
     pub channel: String,
@@ -556,4 +591,35 @@ pub struct SigninLink {
     pub code: String,
     pub url: String,
     pub expires_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A view read and written again keeps its context's text byte for byte, the client can
+    /// look inside it, and text that is not JSON is refused.
+    #[test]
+    fn raw_json_keeps_the_context_text_as_it_came() {
+        let context = r#"{"z":1,"a":{"n":[1.50,"Zoë 🚀"]},"e":"\u00e9"}"#;
+        let text = format!(
+            r#"{{"id":"ix_1","state":"queued","target":{{"queue":"sales"}},"fallback":null,"agent":null,"position":1,"context":{context},"caller":null,"dialed":null,"channel":"voice","call_id":null,"priority":0,"created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z","offer_expires_at":null,"transfer_note":null,"disposition":null,"notes":null}}"#
+        );
+        let view: InteractionView = serde_json::from_str(&text).expect("a view");
+        assert_eq!(view.context.text(), context, "the text as it came");
+        assert_eq!(view.context.to_value()["a"]["n"][1], "Zoë 🚀");
+        let again = serde_json::to_string(&view).expect("written");
+        assert!(
+            again.contains(&format!(r#""context":{context}"#)),
+            "{again}"
+        );
+        let reread: InteractionView = serde_json::from_str(&again).expect("read again");
+        assert_eq!(reread, view);
+        assert_ne!(
+            RawJson::from_text(r#"{"a":1}"#.to_owned()).unwrap(),
+            RawJson::from_text(r#"{"a":2}"#.to_owned()).unwrap()
+        );
+        assert!(RawJson::from_text("{not json".to_owned()).is_err());
+        assert_eq!(RawJson::empty_object().text(), "{}");
+    }
 }

@@ -213,8 +213,9 @@ pub async fn create(
         }
     };
     let (body, _) = read_json::<CreateInteractionRequest>(request, &state).await?;
-    let context = serde_json::Value::Object(body.context.clone().unwrap_or_default());
-    let context_text = context.to_string();
+    let no_context = serde_json::Map::new();
+    let context = body.context.as_ref().unwrap_or(&no_context);
+    let context_text = serde_json::to_string(context).map_err(ApiError::internal)?;
     if context_text.len() > state.settings.max_context_bytes {
         return Err(ApiError::too_large(format!(
             "context: {} bytes serialized, more than the limit of {}",
@@ -223,7 +224,7 @@ pub async fn create(
         ))
         .with_field("context"));
     }
-    if json_depth(&context) > MAX_CONTEXT_DEPTH {
+    if 1 + context.values().map(json_depth).max().unwrap_or(0) > MAX_CONTEXT_DEPTH {
         return Err(ApiError::unprocessable(
             "context_too_deep",
             format!("context: nested more than {MAX_CONTEXT_DEPTH} levels deep"),
