@@ -538,12 +538,9 @@ fn event_data(event: &Event, offered: Option<&Interaction>, pop_template: Option
             if let (Some(template), Some(offered), Some(object)) =
                 (pop_template, offered, data.as_object_mut())
             {
-                match crate::pop_url::render(template, &offered.spec, agent, target) {
+                match render_pop_url(template, offered, agent, target) {
                     Ok(url) => object.insert("pop_url".to_owned(), json!(url)),
-                    Err(reason) => {
-                        tracing::warn!(interaction = %id.as_str(), %reason, "pop_url not rendered");
-                        object.insert("pop_url_error".to_owned(), json!(reason))
-                    }
+                    Err(reason) => object.insert("pop_url_error".to_owned(), json!(reason)),
                 };
             }
             data
@@ -638,6 +635,19 @@ pub fn cloud_event_payload(
         data,
     };
     serde_json::to_string(&envelope).unwrap_or_default()
+}
+
+/// The offer's CRM page from `template`, or why not (logged: the pop goes out without it).
+fn render_pop_url(
+    template: &str,
+    offered: &Interaction,
+    agent: &AgentId,
+    target: &Target,
+) -> Result<String, String> {
+    crate::pop_url::render(template, &offered.spec, agent, target).map_err(|reason| {
+        tracing::warn!(interaction = %offered.spec.id.as_str(), %reason, "pop_url not rendered");
+        reason
+    })
 }
 
 /// `wire::CloudEvent`, borrowed, in the same field order.
@@ -778,7 +788,6 @@ fn event_data_direct<'a>(
             requeued: *requeued,
         },
         Event::InteractionOffered {
-            id,
             agent,
             target,
             expires_at,
@@ -786,16 +795,12 @@ fn event_data_direct<'a>(
             ..
         } => {
             let offered = offered?;
-            let (mut pop_url, mut pop_url_error) = (None, None);
-            if let Some(template) = pop_template {
-                match crate::pop_url::render(template, &offered.spec, agent, target) {
-                    Ok(url) => pop_url = Some(url),
-                    Err(reason) => {
-                        tracing::warn!(interaction = %id.as_str(), %reason, "pop_url not rendered");
-                        pop_url_error = Some(reason.to_string());
-                    }
-                }
-            }
+            let (pop_url, pop_url_error) =
+                match pop_template.map(|t| render_pop_url(t, offered, agent, target)) {
+                    Some(Ok(url)) => (Some(url), None),
+                    Some(Err(reason)) => (None, Some(reason)),
+                    None => (None, None),
+                };
             DirectData::Offered {
                 interaction: DirectSpec::new(&offered.spec, Some(&offered.last_transfer_note)),
                 agent: agent.as_str(),

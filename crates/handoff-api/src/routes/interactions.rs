@@ -224,7 +224,7 @@ pub async fn create(
         ))
         .with_field("context"));
     }
-    if 1 + context.values().map(json_depth).max().unwrap_or(0) > MAX_CONTEXT_DEPTH {
+    if object_depth(context) > MAX_CONTEXT_DEPTH {
         return Err(ApiError::unprocessable(
             "context_too_deep",
             format!("context: nested more than {MAX_CONTEXT_DEPTH} levels deep"),
@@ -309,9 +309,13 @@ pub async fn create(
 /// log (recovery included) must parse it again well inside serde_json's limit of 128.
 const MAX_CONTEXT_DEPTH: usize = 64;
 
+fn object_depth(map: &serde_json::Map<String, serde_json::Value>) -> usize {
+    1 + map.values().map(json_depth).max().unwrap_or(0)
+}
+
 fn json_depth(value: &serde_json::Value) -> usize {
     match value {
-        serde_json::Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => object_depth(map),
         serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
         _ => 0,
     }
