@@ -382,14 +382,6 @@ pub fn queue_config_error(error: QueueConfigError) -> ApiError {
     ApiError::unprocessable("invalid_queue", format!("{field}: {error}")).with_field(field)
 }
 
-fn routing_json(routing: &Routing) -> Value {
-    json!({
-        "strategy": routing.strategy.map_or("direct", Strategy::as_str),
-        "eligible": routing.eligible,
-        "reason": routing.reason,
-    })
-}
-
 /// The interaction as the API shows it. `agent_address` resolves the current agent's address;
 /// `position` and `estimated_wait_s` come from the line it waits in, if any.
 pub fn interaction_view(
@@ -431,27 +423,6 @@ pub fn interaction_view(
     }
 }
 
-fn context_value(context: &str) -> Value {
-    serde_json::from_str(context).unwrap_or_else(|_| Value::Object(Default::default()))
-}
-
-/// The interaction as a screen pop and `interaction.created` carry it.
-fn spec_json(spec: &InteractionSpec) -> Value {
-    json!({
-        "id": spec.id.as_str(),
-        "caller": spec.caller,
-        "dialed": spec.dialed,
-        "channel": spec.channel,
-        "call_id": spec.call_id,
-        "context": context_value(&spec.context),
-        "target": target_json(&spec.target),
-        "fallback": spec.fallback.as_ref().map(target_json),
-        "priority": spec.priority,
-        "created_at": format_time(spec.created_at),
-        "created_by": spec.created_by,
-    })
-}
-
 fn profile_json(profile: &AgentProfile) -> Value {
     json!({
         "id": profile.id.as_str(),
@@ -485,145 +456,21 @@ pub fn cloud_event(
         time: format_time(event.time()),
         subject: event.subject().to_owned(),
         seq,
-        data: event_data(event, offered, pop_template),
-    }
-}
-
-fn event_data(event: &Event, offered: Option<&Interaction>, pop_template: Option<&str>) -> Value {
-    match event {
-        Event::AgentCreated { profile, presence } => {
-            json!({"agent": profile_json(profile), "presence": presence_json(presence)})
-        }
-        Event::AgentUpdated { profile, .. } => json!({"agent": profile_json(profile)}),
-        Event::AgentDeleted { agent, .. } => json!({"agent": agent.as_str()}),
-        Event::PresenceChanged { agent, presence } => {
-            json!({"agent": agent.as_str(), "presence": presence_json(presence)})
-        }
-        Event::InteractionCreated { spec } => json!({"interaction": spec_json(spec)}),
-        // No position: it changes as others leave the line, and the log keeps only facts.
-        Event::InteractionQueued {
-            id,
-            target,
-            requeued,
-            ..
-        } => json!({
-            "interaction_id": id.as_str(),
-            "target": target_json(target),
-            "requeued": requeued,
-        }),
-        Event::InteractionOffered {
-            id,
-            agent,
-            target,
-            expires_at,
-            routing,
-            ..
-        } => {
-            let mut interaction = offered
-                .map(|i| spec_json(&i.spec))
-                .unwrap_or_else(|| json!({"id": id.as_str()}));
-            if let (Some(object), Some(offered)) = (interaction.as_object_mut(), offered) {
-                object.insert(
-                    "transfer_note".to_owned(),
-                    json!(offered.last_transfer_note),
-                );
-            }
-            let mut data = json!({
-                "interaction": interaction,
-                "agent": agent.as_str(),
-                "offer_target": target_json(target),
-                "offer_expires_at": format_time(*expires_at),
-                "routing": routing_json(routing),
-            });
-            if let (Some(template), Some(offered), Some(object)) =
-                (pop_template, offered, data.as_object_mut())
-            {
-                match render_pop_url(template, offered, agent, target) {
-                    Ok(url) => object.insert("pop_url".to_owned(), json!(url)),
-                    Err(reason) => object.insert("pop_url_error".to_owned(), json!(reason)),
-                };
-            }
-            data
-        }
-        Event::OfferRevoked {
-            id, agent, reason, ..
-        } => {
-            // The contract revokes a lost connection's offers "as timed out": that is the
-            // reason on the wire, and `cause` says why the time ran out.
-            let (wire_reason, cause) = match reason {
-                OfferEndReason::ConnectionLost => ("timed_out", Some("connection_lost")),
-                other => (other.as_str(), None),
-            };
-            json!({
-                "interaction_id": id.as_str(), "agent": agent.as_str(),
-                "reason": wire_reason, "cause": cause,
-            })
-        }
-        Event::InteractionAccepted { id, agent, .. }
-        | Event::InteractionRejected { id, agent, .. } => {
-            json!({"interaction_id": id.as_str(), "agent": agent.as_str()})
-        }
-        Event::InteractionEnded {
-            id,
-            agent,
-            wrap_up_until,
-            ..
-        } => json!({
-            "interaction_id": id.as_str(),
-            "agent": agent.as_str(),
-            "wrap_up_until": wrap_up_until.map(format_time),
-        }),
-        Event::InteractionTransferred {
-            id,
-            from,
-            target,
-            fallback,
-            note,
-            ..
-        } => json!({
-            "interaction_id": id.as_str(),
-            "from": from.as_str(),
-            "target": target_json(target),
-            "fallback": fallback.as_ref().map(target_json),
-            "note": note,
-        }),
-        Event::InteractionAbandoned { id, .. }
-        | Event::InteractionUnanswered { id, .. }
-        | Event::InteractionTimedOut { id, .. } => {
-            json!({"interaction_id": id.as_str()})
-        }
-        Event::InteractionCompleted {
-            id,
-            agent,
-            disposition,
-            notes,
-            wrap_up_expired,
-            ..
-        } => json!({
-            "interaction_id": id.as_str(), "agent": agent.as_str(),
-            "disposition": disposition, "notes": notes,
-            "wrap_up_expired": wrap_up_expired,
-        }),
-        Event::QueueUpserted { config, .. } => json!({"queue": queue_view(config)}),
-        Event::QueueDeleted { name, .. } => json!({"queue": name.as_str()}),
+        data: serde_json::to_value(event_data(event, offered, pop_template)).unwrap_or(Value::Null),
     }
 }
 
 /// `serde_json::to_string(&cloud_event(..))`, the text the log keeps and streams send, written
-/// straight from the event for the events every call makes (created, queued, offered,
-/// accepted, ended, completed): no `Value` tree is built and dropped for each, and the caller's
-/// context, kept as JSON text, is copied as it is instead of parsed and written again. Those
-/// two were the engine's largest cost after routing. Other events go through `cloud_event`.
+/// straight from the event: for the events every call makes (created, queued, offered,
+/// accepted, ended, completed) no `Value` tree is built and dropped, and the caller's context,
+/// kept as JSON text, is copied as it is instead of parsed and written again. Those two were
+/// the engine's largest cost after routing.
 pub fn cloud_event_payload(
     seq: u64,
     event: &Event,
     offered: Option<&Interaction>,
     pop_template: Option<&str>,
 ) -> String {
-    let data = match event_data_direct(event, offered, pop_template) {
-        Some(direct) => direct,
-        None => DirectData::Tree(event_data(event, offered, pop_template)),
-    };
     let envelope = DirectCloudEvent {
         specversion: "1.0",
         id: EventId(seq),
@@ -632,7 +479,7 @@ pub fn cloud_event_payload(
         time: format_time(event.time()),
         subject: event.subject(),
         seq,
-        data,
+        data: event_data(event, offered, pop_template),
     };
     serde_json::to_string(&envelope).unwrap_or_default()
 }
@@ -673,7 +520,7 @@ impl serde::Serialize for EventId {
     }
 }
 
-/// What `event_data` makes, field for field and in its order.
+/// An event's `data`: the events of a call borrowed from it, the rarer ones as a tree.
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum DirectData<'a> {
@@ -715,7 +562,8 @@ enum DirectData<'a> {
     Tree(Value),
 }
 
-/// `spec_json`, borrowed; an offer adds its `transfer_note` last.
+/// The interaction as a screen pop and `interaction.created` carry it; an offer adds its
+/// `transfer_note` last.
 #[derive(serde::Serialize)]
 struct DirectSpec<'a> {
     id: &'a str,
@@ -752,13 +600,13 @@ impl<'a> DirectSpec<'a> {
     }
 }
 
-/// The stored context as JSON to embed, `{}` when it is not JSON (as `context_value` does).
+/// The stored context as JSON to embed, `{}` when it is not JSON.
 fn raw_context(context: &str) -> &serde_json::value::RawValue {
     serde_json::from_str(context)
         .unwrap_or_else(|_| serde_json::from_str("{}").expect("an empty object is JSON"))
 }
 
-/// `routing_json`, borrowed.
+/// Why the agent was chosen.
 #[derive(serde::Serialize)]
 struct DirectRouting<'a> {
     strategy: &'static str,
@@ -766,17 +614,28 @@ struct DirectRouting<'a> {
     reason: &'a str,
 }
 
-/// The data of the events `cloud_event_payload` writes directly; `None` for the others, and
-/// for an offer without its interaction (its pop then shows only the id, as `event_data` does).
-fn event_data_direct<'a>(
+/// The event's `data`. For an offer, `offered` is the interaction the pop shows and
+/// `pop_template` the page template that applies (see `cloud_event`).
+fn event_data<'a>(
     event: &'a Event,
     offered: Option<&'a Interaction>,
     pop_template: Option<&str>,
-) -> Option<DirectData<'a>> {
-    Some(match event {
+) -> DirectData<'a> {
+    match event {
+        Event::AgentCreated { profile, presence } => DirectData::Tree(
+            json!({"agent": profile_json(profile), "presence": presence_json(presence)}),
+        ),
+        Event::AgentUpdated { profile, .. } => {
+            DirectData::Tree(json!({"agent": profile_json(profile)}))
+        }
+        Event::AgentDeleted { agent, .. } => DirectData::Tree(json!({"agent": agent.as_str()})),
+        Event::PresenceChanged { agent, presence } => {
+            DirectData::Tree(json!({"agent": agent.as_str(), "presence": presence_json(presence)}))
+        }
         Event::InteractionCreated { spec } => DirectData::Created {
             interaction: DirectSpec::new(spec, None),
         },
+        // No position: it changes as others leave the line, and the log keeps only facts.
         Event::InteractionQueued {
             id,
             target,
@@ -788,13 +647,28 @@ fn event_data_direct<'a>(
             requeued: *requeued,
         },
         Event::InteractionOffered {
+            id,
             agent,
             target,
             expires_at,
             routing,
             ..
         } => {
-            let offered = offered?;
+            let routing = DirectRouting {
+                strategy: routing.strategy.map_or("direct", Strategy::as_str),
+                eligible: routing.eligible,
+                reason: &routing.reason,
+            };
+            let Some(offered) = offered else {
+                // Without its interaction the pop shows only the id.
+                return DirectData::Tree(json!({
+                    "interaction": {"id": id.as_str()},
+                    "agent": agent.as_str(),
+                    "offer_target": target_json(target),
+                    "offer_expires_at": format_time(*expires_at),
+                    "routing": routing,
+                }));
+            };
             let (pop_url, pop_url_error) =
                 match pop_template.map(|t| render_pop_url(t, offered, agent, target)) {
                     Some(Ok(url)) => (Some(url), None),
@@ -806,11 +680,7 @@ fn event_data_direct<'a>(
                 agent: agent.as_str(),
                 offer_target: target_to_wire(target),
                 offer_expires_at: format_time(*expires_at),
-                routing: DirectRouting {
-                    strategy: routing.strategy.map_or("direct", Strategy::as_str),
-                    eligible: routing.eligible,
-                    reason: &routing.reason,
-                },
+                routing,
                 pop_url,
                 pop_url_error,
             }
@@ -844,8 +714,44 @@ fn event_data_direct<'a>(
             notes,
             wrap_up_expired: *wrap_up_expired,
         },
-        _ => return None,
-    })
+        Event::OfferRevoked {
+            id, agent, reason, ..
+        } => {
+            // The contract revokes a lost connection's offers "as timed out": that is the
+            // reason on the wire, and `cause` says why the time ran out.
+            let (wire_reason, cause) = match reason {
+                OfferEndReason::ConnectionLost => ("timed_out", Some("connection_lost")),
+                other => (other.as_str(), None),
+            };
+            DirectData::Tree(json!({
+                "interaction_id": id.as_str(), "agent": agent.as_str(),
+                "reason": wire_reason, "cause": cause,
+            }))
+        }
+        Event::InteractionTransferred {
+            id,
+            from,
+            target,
+            fallback,
+            note,
+            ..
+        } => DirectData::Tree(json!({
+            "interaction_id": id.as_str(),
+            "from": from.as_str(),
+            "target": target_json(target),
+            "fallback": fallback.as_ref().map(target_json),
+            "note": note,
+        })),
+        Event::InteractionAbandoned { id, .. }
+        | Event::InteractionUnanswered { id, .. }
+        | Event::InteractionTimedOut { id, .. } => {
+            DirectData::Tree(json!({"interaction_id": id.as_str()}))
+        }
+        Event::QueueUpserted { config, .. } => {
+            DirectData::Tree(json!({"queue": queue_view(config)}))
+        }
+        Event::QueueDeleted { name, .. } => DirectData::Tree(json!({"queue": name.as_str()})),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
