@@ -83,11 +83,6 @@ impl<K: Ord + Hash + Clone, V> OrderedFastMap<K, V> {
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.order.iter().map(|key| &self.entries[key])
     }
-
-    /// The entries, in no particular order: for changes that do not depend on it.
-    pub fn iter_mut_unordered(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.entries.iter_mut()
-    }
 }
 
 impl<K, Q, V> Index<&Q> for OrderedFastMap<K, V>
@@ -124,9 +119,6 @@ mod tests {
         assert_eq!(map.values().copied().collect::<Vec<_>>(), [1, 7, 1]);
         *map.get_mut("a").unwrap() = 3;
         assert_eq!(map["a"], 3);
-        for (_, value) in map.iter_mut_unordered() {
-            *value += 1;
-        }
-        assert_eq!(map.values().copied().collect::<Vec<_>>(), [4, 8, 2]);
+        assert_eq!(map.values().copied().collect::<Vec<_>>(), [3, 7, 1]);
     }
 }

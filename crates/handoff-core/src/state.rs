@@ -17,7 +17,7 @@ use crate::fast_map::{FastMap, OrderedFastMap};
 use crate::ids::{AgentId, InteractionId, QueueName, Seq, Timestamp};
 use crate::interaction::{Interaction, InteractionState, Target};
 use crate::queue::{QueueConfig, Strategy};
-use crate::router::{handled_on, QueueIndex, Room};
+use crate::router::{handled_on, Filing, QueueIndex, QueueSlots, Room};
 use crate::stats::{QueueStatistics, WindowPair};
 
 /// Tells which calendar day a moment falls on, in the configured time zone ("today" for
@@ -96,9 +96,11 @@ enum TimerKind {
 pub struct State {
     settings: Settings,
     agents: OrderedFastMap<AgentId, Agent>,
-    queues: OrderedFastMap<QueueName, QueueIndex>,
-    /// The queues each agent serves at some level.
-    memberships: FastMap<AgentId, BTreeSet<QueueName>>,
+    queues: QueueSlots,
+    /// The queues each agent serves at some level, by queue name, with where it is filed in
+    /// each: a decision takes the agent it offers to out of every queue it serves, and this
+    /// one lookup finds them all.
+    memberships: FastMap<AgentId, Vec<Membership>>,
     /// Boxed, so that growing the table moves pointers: moving the records themselves froze
     /// the engine for 25-40 ms each time the table doubled (at 3,584 and 7,168 interactions
     /// in the benchmark), twice over (the working and the committed state).
@@ -131,6 +133,18 @@ pub struct State {
     /// Per queue, its members by presence and by activity, kept up to date by `apply`, so
     /// statistics never walk the agents.
     member_counts: FastMap<QueueName, MemberCounts>,
+}
+
+/// One queue an agent serves.
+#[derive(Debug, Clone)]
+struct Membership {
+    queue: QueueName,
+    /// The queue's slot in `State::queues`.
+    slot: usize,
+    /// The strictest requirement level of the queue the agent meets.
+    eligible_from: usize,
+    /// Where the agent is in the queue's routable sets; `None` while it cannot take a caller.
+    filed: Option<Filing>,
 }
 
 /// A queue's members (agents that meet some level of it) by presence and by activity.
@@ -175,7 +189,7 @@ impl State {
         State {
             settings,
             agents: OrderedFastMap::default(),
-            queues: OrderedFastMap::default(),
+            queues: QueueSlots::default(),
             memberships: FastMap::default(),
             interactions: FastMap::default(),
             creation_order: Vec::new(),
@@ -224,7 +238,7 @@ impl State {
         let Some(queues) = self.memberships.get(agent_id) else {
             return;
         };
-        for name in queues {
+        for Membership { queue: name, .. } in queues {
             let counts = match self.member_counts.get_mut(name) {
                 Some(counts) => counts,
                 None => self.member_counts.entry(name.clone()).or_default(),
@@ -270,15 +284,17 @@ impl State {
     }
 
     pub fn queues(&self) -> impl Iterator<Item = &QueueConfig> {
-        self.queues.values().map(|index| &index.config)
+        self.queues.iter().map(|(_, index)| &index.config)
     }
 
     /// Agents that meet some level of the queue.
     pub fn queue_members<'a>(&'a self, name: &QueueName) -> impl Iterator<Item = &'a Agent> {
-        let serves = self.queues.get(name);
-        self.agents
-            .values()
-            .filter(move |agent| serves.is_some_and(|q| q.serves(&agent.profile.id)))
+        let name = name.clone();
+        self.agents.values().filter(move |agent| {
+            self.memberships
+                .get(&agent.profile.id)
+                .is_some_and(|queues| queues.iter().any(|m| m.queue == name))
+        })
     }
 
     /// Callers waiting in the queue (every channel), in line order within each channel.
@@ -614,10 +630,9 @@ impl State {
                             InteractionState::Queued | InteractionState::Offered
                         )
                 });
-                let overflows_here = self
-                    .queues
-                    .values()
-                    .any(|q| q.config.overflow.as_ref() == Some(name) && &q.config.name != name);
+                let overflows_here = self.queues.iter().any(|(_, q)| {
+                    q.config.overflow.as_ref() == Some(name) && &q.config.name != name
+                });
                 if in_use || overflows_here {
                     return Err(CommandError::QueueInUse(name.clone()));
                 }
@@ -1389,13 +1404,8 @@ impl State {
             }
             Event::AgentDeleted { agent, .. } => {
                 self.agents.remove(agent);
-                if let Some(queues) = self.memberships.remove(agent) {
-                    for queue in queues {
-                        if let Some(index) = self.queues.get_mut(&queue) {
-                            index.remove_agent(agent);
-                        }
-                    }
-                }
+                self.unfile_everywhere(agent);
+                self.memberships.remove(agent);
                 Vec::new()
             }
             Event::PresenceChanged { agent, presence } => {
@@ -1415,18 +1425,36 @@ impl State {
                 vec![agent.clone()]
             }
             Event::QueueUpserted { config, .. } => {
-                let mut index = QueueIndex::new(config.clone());
+                let slot = self.queues.insert(QueueIndex::new(config.clone()));
+                let index = self.queues.at(slot).expect("inserted above");
                 for agent in self.agents.values() {
-                    if index.set_skills(agent) {
-                        self.memberships
-                            .entry(agent.profile.id.clone())
-                            .or_default()
-                            .insert(config.name.clone());
-                    } else if let Some(set) = self.memberships.get_mut(&agent.profile.id) {
-                        set.remove(&config.name);
+                    let queues = self
+                        .memberships
+                        .entry(agent.profile.id.clone())
+                        .or_default();
+                    let place = queues.binary_search_by(|m| m.queue.cmp(&config.name));
+                    // A filing in the queue's old index goes with it: the new one starts empty.
+                    match (index.first_level_met(agent), place) {
+                        (Some(level), Ok(at)) => {
+                            queues[at].eligible_from = level;
+                            queues[at].slot = slot;
+                            queues[at].filed = None;
+                        }
+                        (Some(level), Err(at)) => queues.insert(
+                            at,
+                            Membership {
+                                queue: config.name.clone(),
+                                slot,
+                                eligible_from: level,
+                                filed: None,
+                            },
+                        ),
+                        (None, Ok(at)) => {
+                            queues.remove(at);
+                        }
+                        (None, Err(_)) => {}
                     }
                 }
-                self.queues.insert(config.name.clone(), index);
                 let agents: Vec<AgentId> = self.agents.keys().cloned().collect();
                 for agent in agents {
                     self.refile(&agent);
@@ -1449,8 +1477,8 @@ impl State {
             Event::QueueDeleted { name, .. } => {
                 self.queues.remove(name);
                 self.stats.remove_queue(name);
-                for set in self.memberships.values_mut() {
-                    set.remove(name);
+                for queues in self.memberships.values_mut() {
+                    queues.retain(|m| m.queue != *name);
                 }
                 Vec::new()
             }
@@ -1807,15 +1835,23 @@ impl State {
 
     /// Re-files the agent's eligibility in every queue after its skills changed.
     fn refile_skills(&mut self, agent_id: &AgentId) {
+        self.unfile_everywhere(agent_id);
         let Some(agent) = self.agents.get(agent_id) else {
             return;
         };
-        let mut serves = BTreeSet::new();
-        for (name, index) in self.queues.iter_mut_unordered() {
-            if index.set_skills(agent) {
-                serves.insert(name.clone());
-            }
-        }
+        // In queue-name order, as `memberships` keeps them.
+        let serves: Vec<Membership> = self
+            .queues
+            .iter()
+            .filter_map(|(slot, index)| {
+                index.first_level_met(agent).map(|level| Membership {
+                    queue: index.config.name.clone(),
+                    slot,
+                    eligible_from: level,
+                    filed: None,
+                })
+            })
+            .collect();
         self.memberships.insert(agent_id.clone(), serves);
         self.refile(agent_id);
     }
@@ -1831,7 +1867,7 @@ impl State {
             .take_while(|key| matches!(key, LineKey::Agent(a, _) if a == agent))
             .cloned()
             .collect();
-        for queue in self.memberships.get(agent).into_iter().flatten() {
+        for Membership { queue, .. } in self.memberships.get(agent).into_iter().flatten() {
             let first = LineKey::Queue(queue.clone(), lowest_channel());
             marked.extend(
                 self.lines
@@ -1856,12 +1892,35 @@ impl State {
         let Some(agent) = self.agents.get(agent_id) else {
             return;
         };
-        let Some(queues) = self.memberships.get(agent_id) else {
+        let Some(queues) = self.memberships.get_mut(agent_id) else {
             return;
         };
-        for name in queues {
-            if let Some(index) = self.queues.get_mut(name) {
-                index.set_routable(agent, room.clone(), self.today);
+        for membership in queues {
+            let Some(index) = self.queues.at_mut(membership.slot) else {
+                continue;
+            };
+            let level = membership.eligible_from;
+            if let (Some(filing), Some(room)) = (&membership.filed, &room) {
+                if index.files_as(filing, agent, level, room, self.today) {
+                    continue;
+                }
+            }
+            if let Some(filing) = membership.filed.take() {
+                index.unfile(agent_id, filing);
+            }
+            if let Some(room) = &room {
+                membership.filed = Some(index.file(agent, level, room.clone(), self.today));
+            }
+        }
+    }
+
+    /// Takes the agent out of the routable sets of every queue it serves.
+    fn unfile_everywhere(&mut self, agent_id: &AgentId) {
+        for membership in self.memberships.get_mut(agent_id).into_iter().flatten() {
+            if let (Some(filing), Some(index)) =
+                (membership.filed.take(), self.queues.at_mut(membership.slot))
+            {
+                index.unfile(agent_id, filing);
             }
         }
     }

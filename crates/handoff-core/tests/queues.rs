@@ -544,6 +544,72 @@ fn upsert_queue_emits_created_then_updated_then_nothing_for_an_identical_config_
     );
 }
 
+/// The agent offered to by the first `interaction.offered` of `events`.
+fn offered_agent(events: &[Event]) -> Option<AgentId> {
+    events.iter().find_map(|event| match event {
+        Event::InteractionOffered { agent, .. } => Some(agent.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_queue_created_after_another_was_deleted_routes_only_to_its_own_members_and_the_deleted_one_comes_back_whole(
+) {
+    let mut cc = Centre::new();
+    cc.upsert_queue(
+        queue("billing", &[("billing", 3)], Strategy::LongestIdle),
+        s(0),
+    );
+    cc.upsert_queue(
+        queue("support", &[("support", 3)], Strategy::RoundRobin),
+        s(0),
+    );
+    cc.agent_ready("alice", &[("billing", 5)], 1, s(1));
+    cc.agent_ready("bob", &[("support", 5)], 1, s(2));
+    cc.run(
+        Command::DeleteQueue {
+            name: qn("billing"),
+        },
+        s(3),
+    );
+    // Takes the deleted queue's place in the state's tables.
+    cc.upsert_queue(queue("sales", &[("sales", 3)], Strategy::MostSkilled), s(4));
+    cc.agent_ready("carol", &[("sales", 4)], 1, s(5));
+
+    let members = |cc: &Centre, name: &str| -> Vec<String> {
+        cc.state
+            .queue_members(&qn(name))
+            .map(|agent| agent.profile.id.as_str().to_owned())
+            .collect()
+    };
+    assert_eq!(members(&cc, "sales"), ["carol"]);
+    assert_eq!(members(&cc, "support"), ["bob"]);
+    assert_eq!(members(&cc, "billing"), Vec::<String>::new());
+    assert_eq!(cc.state.member_counts(&qn("sales")).available, 1);
+
+    // alice served only the deleted queue: she is offered nothing from the new one.
+    assert_eq!(
+        offered_agent(&cc.call("c1", "sales", s(6))),
+        Some(aid("carol"))
+    );
+    assert_eq!(offered_agent(&cc.call("c2", "sales", s(7))), None);
+    assert_eq!(
+        offered_agent(&cc.call("c3", "support", s(8))),
+        Some(aid("bob"))
+    );
+
+    // billing again: alice is its member once more, and routable.
+    cc.upsert_queue(
+        queue("billing", &[("billing", 3)], Strategy::LongestIdle),
+        s(9),
+    );
+    assert_eq!(members(&cc, "billing"), ["alice"]);
+    assert_eq!(
+        offered_agent(&cc.call("c4", "billing", s(10))),
+        Some(aid("alice"))
+    );
+}
+
 // ----- strategies ----------------------------------------------------------------------------
 
 #[test]

@@ -798,6 +798,12 @@ enum Op {
     Delete {
         agent: usize,
     },
+    /// An existing queue gets a new configuration (strategy, skills, steps, ...) while agents
+    /// are filed in it and callers wait.
+    Reconfigure {
+        queue: usize,
+        config: QueueGen,
+    },
     /// Virtual time passes; with `tick` the timer driver runs, without it the next command
     /// simply comes later.
     Advance {
@@ -885,6 +891,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(|agent| Op::ConnectionLost { agent }),
         1 => (0usize..8, skill_levels()).prop_map(|(agent, skills)| Op::Skills { agent, skills }),
         1 => (0usize..8).prop_map(|agent| Op::Delete { agent }),
+        1 => (0usize..3, queue_gen()).prop_map(|(queue, config)| Op::Reconfigure { queue, config }),
         4 => (0i64..=25_000, prop::bool::weighted(0.7)).prop_map(|(ms, tick)| Op::Advance { ms, tick }),
     ]
 }
@@ -1093,6 +1100,21 @@ impl Sim {
             Op::Delete { agent } => {
                 let agent = self.agent_id(*agent);
                 self.run(Command::DeleteAgent { agent });
+            }
+            Op::Reconfigure { queue, config } => {
+                let index = queue % self.scenario.queues.len();
+                // Offers made under ring_all stay out when a queue leaves it (and the reverse):
+                // the invariants read "several offers at once" against the current strategy,
+                // so a reconfiguration keeps whether the queue rings all.
+                let rings_all =
+                    |strategy: usize| Route::ALL[strategy % Route::ALL.len()] == Route::RingAll;
+                let mut config = config.clone();
+                if rings_all(self.scenario.queues[index].strategy) != rings_all(config.strategy) {
+                    config.strategy = self.scenario.queues[index].strategy;
+                }
+                self.scenario.queues[index] = config;
+                let config = self.scenario.queues[index].config(index);
+                self.run(Command::UpsertQueue { config });
             }
             Op::Advance { ms, tick } => {
                 self.now = self.now.plus_millis(*ms);
