@@ -10,7 +10,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, FSYNC_WAL_AUTOCHECKPOINT_PAGES};
 
 /// Position of an event in the log: starts at 1, strictly increasing, never reused.
 pub type SeqNumber = u64;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use handoff_store::conformance::{self, Harness};
 use handoff_store::{
     Batch, Durability, KeyRecord, SqliteStore, Store, StoreEngine, StoreError, StoredEvent,
+    FSYNC_WAL_AUTOCHECKPOINT_PAGES,
 };
 
 /// Opens each fresh store in its own directory under one temporary root.
@@ -399,6 +400,50 @@ async fn with_os_durability_the_wal_starts_over_under_commits_that_never_pause()
     let kept = store.events_after(0, 100_000).await.expect("read");
     assert_eq!(kept.len() as u64, started_over_at, "every commit is kept");
     assert!(kept.iter().zip(1..).all(|(event, seq)| event.seq == seq));
+}
+
+/// With fsync durability the commits themselves move the WAL into the database every
+/// `FSYNC_WAL_AUTOCHECKPOINT_PAGES`, and the WAL then starts over: the file never grows much
+/// past that many pages, however much is written, and every commit is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_durability_the_wal_stays_near_its_checkpoint_size() {
+    const PAGE_BYTES: u64 = 4096;
+    // Each WAL frame is a page and a 24-byte header; the file starts with a 32-byte header.
+    const FRAME_BYTES: u64 = PAGE_BYTES + 24;
+    const COMMITS: u64 = 1_500;
+    let root = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(root.path(), Durability::Fsync).expect("open");
+    let wal = root.path().join("handoff.db-wal");
+    let mut largest = 0;
+    for seq in 1..=COMMITS {
+        // About two pages of payload a commit, so that the run writes some 3,000 pages: three
+        // times the default checkpoint size, six times this one.
+        let event = StoredEvent {
+            seq,
+            event_type: "interaction.created".into(),
+            subject: format!("int-{seq}"),
+            time_ms: 1,
+            agents: vec![format!("agent-{}", seq % 50)],
+            payload: "x".repeat(6000),
+        };
+        commit_one(&store, event).await;
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    let pages_written = COMMITS * 2;
+    assert!(
+        largest > 100 * FRAME_BYTES,
+        "the WAL was used: {largest} bytes at most"
+    );
+    // The commit that passes the size checkpoints; the WAL starts over at the next one. A few
+    // commits' frames of slack beyond the size.
+    let bound = (FSYNC_WAL_AUTOCHECKPOINT_PAGES as u64 + 50) * FRAME_BYTES + 32;
+    assert!(
+        largest <= bound,
+        "the WAL grew to {largest} bytes (bound {bound}) over about {pages_written} pages written"
+    );
+    assert_eq!(store.head().await.expect("head"), COMMITS);
+    let kept = store.events_after(0, 10_000).await.expect("read");
+    assert_eq!(kept.len() as u64, COMMITS, "every commit is kept");
 }
 
 /// Commits a batch of one event, which must succeed.
