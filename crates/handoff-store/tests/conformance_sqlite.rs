@@ -374,15 +374,7 @@ async fn with_os_durability_the_wal_starts_over_under_commits_that_never_pause()
     // for a checkpoint to finish between two of them.
     while seq < MOST_COMMITS && std::time::Instant::now() < deadline {
         seq += 1;
-        let event = StoredEvent {
-            seq,
-            event_type: "interaction.created".into(),
-            subject: format!("int-{seq}"),
-            time_ms: 1,
-            agents: vec![format!("agent-{}", seq % 50)],
-            payload: "x".repeat(4096),
-        };
-        commit_one(&store, event).await;
+        commit_one(&store, bulky_event(seq, 4096)).await;
         let size = wal_size();
         if size < largest && largest > (LIMIT_PAGES as u64) * 4096 {
             started_over_at = Some(seq);
@@ -418,15 +410,7 @@ async fn with_fsync_durability_the_wal_stays_near_its_checkpoint_size() {
     for seq in 1..=COMMITS {
         // About two pages of payload a commit, so that the run writes some 3,000 pages: three
         // times the default checkpoint size, six times this one.
-        let event = StoredEvent {
-            seq,
-            event_type: "interaction.created".into(),
-            subject: format!("int-{seq}"),
-            time_ms: 1,
-            agents: vec![format!("agent-{}", seq % 50)],
-            payload: "x".repeat(6000),
-        };
-        commit_one(&store, event).await;
+        commit_one(&store, bulky_event(seq, 6000)).await;
         largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
     }
     let pages_written = COMMITS * 2;
@@ -444,6 +428,18 @@ async fn with_fsync_durability_the_wal_stays_near_its_checkpoint_size() {
     assert_eq!(store.head().await.expect("head"), COMMITS);
     let kept = store.events_after(0, 10_000).await.expect("read");
     assert_eq!(kept.len() as u64, COMMITS, "every commit is kept");
+}
+
+/// An event at `seq` whose payload is `payload_bytes` long, to fill the WAL.
+fn bulky_event(seq: u64, payload_bytes: usize) -> StoredEvent {
+    StoredEvent {
+        seq,
+        event_type: "interaction.created".into(),
+        subject: format!("int-{seq}"),
+        time_ms: 1,
+        agents: vec![format!("agent-{}", seq % 50)],
+        payload: "x".repeat(payload_bytes),
+    }
 }
 
 /// Commits a batch of one event, which must succeed.
