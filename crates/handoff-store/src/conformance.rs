@@ -343,12 +343,7 @@ pub async fn seq_out_of_order_refused(h: &dyn Harness) {
     );
 
     let third = event(3, "int-3", &["agent-a"], "three");
-    commit(
-        &*s,
-        events_batch(vec![third.clone()]),
-        "seq 3 after the refusals",
-    )
-    .await;
+    commit_one(&*s, third.clone(), "seq 3 after the refusals").await;
     assert_eq!(
         s.head().await.expect("head"),
         3,
@@ -722,12 +717,7 @@ pub async fn survives_reopen(h: &dyn Harness) {
         "a seq written before the reopen",
     );
     let fifth = event(5, "int-3", &["agent-c"], "five");
-    commit(
-        &*s,
-        events_batch(vec![fifth.clone()]),
-        "the batch after a reopen",
-    )
-    .await;
+    commit_one(&*s, fifth.clone(), "the batch after a reopen").await;
     assert_eq!(
         s.purge_idempotency(1_500).await.expect("purge_idempotency"),
         1,
@@ -843,12 +833,7 @@ pub async fn concurrent_racing_commits(h: &dyn Harness) {
 pub async fn refused_batch_fails_only_itself(h: &dyn Harness) {
     const EACH: usize = 16;
     let s = h.fresh().await;
-    commit(
-        &*s,
-        events_batch(vec![event(1, "int-1", &[], "one")]),
-        "seq 1",
-    )
-    .await;
+    commit_one(&*s, event(1, "int-1", &[], "one"), "seq 1").await;
     let start = Arc::new(tokio::sync::Barrier::new(2 * EACH + 1));
     let mut good = Vec::new();
     let mut bad = Vec::new();
@@ -1023,12 +1008,7 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
     );
 
     let next = event(2, "int-2", &["agent-b"], "two");
-    commit(
-        &*s,
-        events_batch(vec![next.clone()]),
-        "seq 2 after the failures",
-    )
-    .await;
+    commit_one(&*s, next.clone(), "seq 2 after the failures").await;
     assert_eq!(
         s.events_after(1, 100).await.expect("events_after"),
         vec![next],
@@ -1041,12 +1021,7 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
 pub async fn event_agents_are_kept_once_in_order_and_must_be_readable(h: &dyn Harness) {
     let s = h.fresh().await;
     let listed_twice = event(1, "int-1", &["agent-b", "agent-a", "agent-b"], "one");
-    commit(
-        &*s,
-        events_batch(vec![listed_twice]),
-        "an agent listed twice",
-    )
-    .await;
+    commit_one(&*s, listed_twice, "an agent listed twice").await;
     let read = s.events_after(0, 10).await.expect("events_after");
     assert_eq!(read.len(), 1, "the event is written");
     assert_eq!(
@@ -1282,6 +1257,11 @@ async fn commit(s: &dyn Store, batch: Batch, what: &str) {
     if let Err(e) = s.commit(batch).await {
         panic!("{what}: commit failed: {e}");
     }
+}
+
+/// Commits a batch of one event, which must succeed.
+async fn commit_one(s: &dyn Store, event: StoredEvent, what: &str) {
+    commit(s, events_batch(vec![event]), what).await;
 }
 
 fn events_batch(events: Vec<StoredEvent>) -> Batch {
