@@ -103,6 +103,7 @@ async fn read_limited(
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::bad_request("invalid_utf8", "the body is not valid UTF-8"))?;
+    refuse_non_object(text)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
     let value = match result {
@@ -124,6 +125,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
             let code = "invalid_field";
             let message = inner.to_string();
+            // A missing field is named by the message, under the path of its container; an
+            // unknown one (a misspelt `caler`) is already the last step of the path.
             let missing = message
                 .strip_prefix("missing field `")
                 .and_then(|rest| rest.split('`').next());
@@ -145,6 +148,27 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         )
     })?;
     Ok(value)
+}
+
+/// Every body is a JSON object. serde would read an array into a struct by position (`["+1555",
+/// ...]` as `caller`, ...), so anything but an object is refused before the schema is applied;
+/// text that is not JSON at all is left for the parser to describe.
+fn refuse_non_object(text: &str) -> Result<(), ApiError> {
+    let kind = match text.trim_start().as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => return Ok(()),
+    };
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "not_an_object",
+        format!("the body must be a JSON object, not {kind}"),
+    ))
 }
 
 fn strip_position(error: &serde_json::Error) -> String {

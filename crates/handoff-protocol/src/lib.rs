@@ -42,6 +42,7 @@ pub enum Target {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// `admin`, `ivr`, `supervisor` or `presence`.
     pub role: String,
@@ -80,6 +81,7 @@ pub struct KeyView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PutAgentRequest {
     pub name: String,
     #[serde(default)]
@@ -147,6 +149,7 @@ pub enum PresenceStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PutPresenceRequest {
     pub status: PresenceStatus,
     #[serde(default)]
@@ -157,6 +160,7 @@ pub struct PutPresenceRequest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CreateInteractionRequest {
     #[serde(default)]
     pub caller: Option<String>,
@@ -270,6 +274,7 @@ pub struct AgentList {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     #[serde(default)]
     pub disposition: Option<String>,
@@ -279,6 +284,7 @@ pub struct CompleteRequest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     pub target: Target,
     #[serde(default)]
@@ -524,6 +530,7 @@ pub struct Health {
 /// cookie. Exactly one of `token` and `code`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// An agent token, or a supervisor or admin key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

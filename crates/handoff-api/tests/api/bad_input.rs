@@ -415,6 +415,132 @@ async fn a_target_naming_both_an_agent_and_a_queue_is_a_schema_error_on_target_n
     f.assert_still_serving_with_nothing_lost().await;
 }
 
+/// A misspelt key (`caler`) would otherwise be dropped and the call handed off without the
+/// caller's number: every request body refuses keys it does not know, naming them, and nothing
+/// is created or changed.
+#[tokio::test]
+async fn unknown_fields_are_400_naming_the_field_and_nothing_is_created_or_changed() {
+    let f = fixture().await;
+    let head = f.app.head().await;
+    let x = f.offered().await;
+    let head_after_offer = f.app.head().await;
+    assert!(head_after_offer > head);
+    let cases: Vec<(&str, Method, String, &str, Value, &str)> = vec![
+        (
+            "create with caler",
+            Method::POST,
+            "/v1/interactions".to_owned(),
+            &f.ivr,
+            json!({"caler": "+15551234567", "target": {"agent": "alice"}}),
+            "caler",
+        ),
+        (
+            "an unknown key inside the fallback",
+            Method::POST,
+            "/v1/interactions".to_owned(),
+            &f.ivr,
+            json!({"target": {"agent": "alice"}, "fallback": {"queue": "q", "x": 1}}),
+            "fallback",
+        ),
+        (
+            "agent with nmae",
+            Method::PUT,
+            "/v1/agents/alice".to_owned(),
+            &f.app.admin,
+            json!({"name": "Alice Smith", "capacity": 1000, "skils": {"billing": 1}}),
+            "skils",
+        ),
+        (
+            "presence with reasn",
+            Method::PUT,
+            "/v1/agents/alice/presence".to_owned(),
+            &f.alice,
+            json!({"status": "away", "reasn": "lunch"}),
+            "reasn",
+        ),
+        (
+            "key with rol",
+            Method::POST,
+            "/v1/keys".to_owned(),
+            &f.app.admin,
+            json!({"role": "ivr", "name": "x", "rol": "admin"}),
+            "rol",
+        ),
+        (
+            "transfer with nte",
+            Method::POST,
+            format!("/v1/interactions/{x}/transfer"),
+            &f.alice,
+            json!({"target": {"queue": "nowhere"}, "nte": "hi"}),
+            "nte",
+        ),
+        (
+            "complete with dispositon",
+            Method::POST,
+            format!("/v1/interactions/{x}/complete"),
+            &f.alice,
+            json!({"dispositon": "resolved"}),
+            "dispositon",
+        ),
+        (
+            "session with tokn",
+            Method::POST,
+            "/v1/session".to_owned(),
+            &f.alice,
+            json!({"tokn": "x"}),
+            "tokn",
+        ),
+    ];
+    for (case, method, path, token, body, field) in cases {
+        let answer = f.app.send(method, &path, Some(token), Some(body)).await;
+        assert_error(case, &answer, 400, "invalid_field", Field::Is(field));
+        assert!(
+            answer.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field.split('.').next_back().unwrap()),
+            "{case}: the message names the field: {}",
+            answer.1
+        );
+    }
+    assert_eq!(f.app.head().await, head_after_offer, "nothing was appended");
+    assert_eq!(f.state_of(&x).await, "offered");
+    f.assert_still_serving_with_nothing_lost().await;
+}
+
+/// serde reads an array into a struct by position: `["+1555", ...]` would become a caller. Every
+/// body must be an object; arrays and scalars are refused before the schema is applied.
+#[tokio::test]
+async fn bodies_that_are_arrays_or_scalars_are_400_not_read_by_position() {
+    let f = fixture().await;
+    let head = f.app.head().await;
+    for (case, body) in [
+        (
+            "an array in the order of the fields",
+            json!(["+15551234567", "+18005550100", "voice", "c1", {}, {"agent": "alice"}]),
+        ),
+        ("an empty array", json!([])),
+        ("a string", json!("caller")),
+        ("a number", json!(42)),
+        ("null", Value::Null),
+        ("true", json!(true)),
+    ] {
+        let answer = f.app.post("/v1/interactions", &f.ivr, Some(body)).await;
+        assert_error(case, &answer, 400, "not_an_object", Field::Null);
+        let answer = f
+            .app
+            .put(
+                "/v1/agents/alice",
+                &f.app.admin,
+                json!(["Alice", "sip:a@b", {}, 1]),
+            )
+            .await;
+        assert_error(case, &answer, 400, "not_an_object", Field::Null);
+    }
+    assert_eq!(f.app.head().await, head, "nothing was appended");
+    f.assert_still_serving_with_nothing_lost().await;
+}
+
 #[tokio::test]
 async fn a_body_not_declared_as_json_is_415_whether_text_plain_or_without_content_type() {
     let f = fixture().await;
