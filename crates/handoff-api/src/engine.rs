@@ -87,7 +87,8 @@ pub struct Idempotency {
 
 enum Request {
     Execute {
-        command: Command,
+        /// Boxed: a create's command is most of a request, and the inbox holds thousands.
+        command: Box<Command>,
         idempotency: Option<Idempotency>,
         reply: oneshot::Sender<Result<Committed, EngineError>>,
     },
@@ -263,7 +264,7 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Execute {
-                command,
+                command: Box::new(command),
                 idempotency,
                 reply,
             })
@@ -557,7 +558,7 @@ impl EngineTask {
                 idempotency,
                 reply,
             } => {
-                let result = self.run_command(command, idempotency, now, group);
+                let result = self.run_command(*command, idempotency, now, group);
                 group.replies.push(PendingReply::Execute(reply, result));
             }
             Request::AddKey { record, reply } => {

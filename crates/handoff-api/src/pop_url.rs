@@ -249,6 +249,8 @@ mod tests {
             target: Target::Queue(QueueName::parse("billing").unwrap()),
             fallback: None,
             priority: -3,
+            max_wait_s: None,
+            enrichment: Vec::new(),
             created_by: None,
             created_at: Timestamp::from_millis(0),
         }

@@ -389,8 +389,10 @@ pub fn interaction_view(
     position: Option<usize>,
     estimated_wait_s: Option<u64>,
     agent_address: Option<String>,
+    waiting_for_agent: Option<wire::AgentWaitView>,
 ) -> wire::InteractionView {
     let spec = &interaction.spec;
+    let queued = interaction.state == InteractionState::Queued;
     wire::InteractionView {
         id: spec.id.to_string(),
         state: interaction.state.as_str().to_owned(),
@@ -402,6 +404,11 @@ pub fn interaction_view(
         }),
         position: position.map(|p| p as u64),
         estimated_wait_s,
+        max_wait_until: queued
+            .then_some(interaction.max_wait_at)
+            .flatten()
+            .map(format_time),
+        waiting_for_agent,
         context: wire::RawJson::from_text(spec.context.clone())
             .unwrap_or_else(|_| wire::RawJson::empty_object()),
         caller: spec.caller.clone(),
@@ -575,6 +582,9 @@ struct DirectSpec<'a> {
     target: wire::Target,
     fallback: Option<wire::Target>,
     priority: i32,
+    /// The request's own wait for an agent target; absent when it named none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_wait_s: Option<u64>,
     created_at: String,
     created_by: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -593,6 +603,7 @@ impl<'a> DirectSpec<'a> {
             target: target_to_wire(&spec.target),
             fallback: spec.fallback.as_ref().map(target_to_wire),
             priority: spec.priority,
+            max_wait_s: spec.max_wait_s,
             created_at: format_time(spec.created_at),
             created_by: &spec.created_by,
             transfer_note,
@@ -788,6 +799,8 @@ struct SpecData {
     target: wire::Target,
     fallback: Option<wire::Target>,
     priority: i32,
+    #[serde(default)]
+    max_wait_s: Option<u64>,
     created_at: String,
     created_by: Option<String>,
 }
@@ -911,6 +924,8 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
                         None => None,
                     },
                     priority: spec.priority,
+                    max_wait_s: spec.max_wait_s,
+                    enrichment: Vec::new(),
                     created_by: spec.created_by,
                     created_at: parse_time(&spec.created_at)
                         .ok_or_else(|| fail("created_at".to_owned()))?,
@@ -1152,6 +1167,8 @@ mod tests {
             target: Target::Queue(queue("billing")),
             fallback: Some(Target::Agent(agent("bob"))),
             priority: -3,
+            max_wait_s: Some(45),
+            enrichment: Vec::new(),
             created_by: Some("key_ivr".to_owned()),
             created_at: t(2),
         };

@@ -32,6 +32,7 @@
 //!     target: Target::Queue("billing".into()),
 //!     fallback: None,
 //!     priority: None,
+//!     max_wait_s: None,
 //! };
 //! let created = ivr.create_interaction(&request, Some("call-a84b4c76e66710")).await?;
 //! if let Some(agent) = &created.interaction.agent {

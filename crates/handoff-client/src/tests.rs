@@ -121,6 +121,7 @@ async fn http_calls_send_the_contracts_requests() {
         target: Target::Queue("billing".into()),
         fallback: None,
         priority: None,
+        max_wait_s: None,
     };
 
     let created = client

@@ -104,6 +104,8 @@ fn spec(id: &str, target: Target, priority: i32, at: Timestamp) -> InteractionSp
         target,
         fallback: None,
         priority,
+        max_wait_s: None,
+        enrichment: Vec::new(),
         created_by: None,
         created_at: at,
     }

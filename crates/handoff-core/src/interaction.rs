@@ -79,9 +79,22 @@ pub struct InteractionSpec {
     pub target: Target,
     pub fallback: Option<Target>,
     pub priority: i32,
+    /// How long the caller waits for an agent target who cannot take the call now before the
+    /// fallback takes it (or it ends `timed_out`); `None`: the server's `agent_max_wait_s`.
+    pub max_wait_s: Option<u64>,
+    /// What CRM lookups answered before the interaction was created: it rides in every offer.
+    pub enrichment: Vec<Enrichment>,
     /// The API key that created it (the IVR may read and hang up its own interactions).
     pub created_by: Option<String>,
     pub created_at: Timestamp,
+}
+
+/// What one CRM connector's lookup found for the caller: the pop fields, as JSON text the core
+/// never looks inside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrichment {
+    pub connector: String,
+    pub fields: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

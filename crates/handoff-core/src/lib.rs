@@ -21,7 +21,7 @@ pub use command::{Command, CommandError};
 pub use event::{Event, OfferEndReason, Routing};
 pub use fast_map::FastMap;
 pub use ids::{AgentId, IdError, InteractionId, QueueName, Seq, SkillLevel, Timestamp};
-pub use interaction::{Interaction, InteractionSpec, InteractionState, Target};
+pub use interaction::{Enrichment, Interaction, InteractionSpec, InteractionState, Target};
 pub use queue::{EscalationStep, QueueConfig, QueueConfigError, Strategy};
 pub use state::{Calendar, MemberCounts, Settings, State, UtcCalendar};
 pub use stats::{QueueStatistics, Window, WindowPair};

@@ -46,6 +46,10 @@ pub struct Settings {
     pub offline_on_disconnect: bool,
     /// Misses in a row (rejects or timed-out offers) after which an agent is set away.
     pub max_missed_offers: u32,
+    /// How long a caller waits for an agent target who cannot take it now (away, offline, on
+    /// another call) before its fallback takes it, or it ends `timed_out`, when the request
+    /// names no `max_wait_s` of its own.
+    pub agent_max_wait_s: u64,
     pub calendar: Arc<dyn Calendar>,
 }
 
@@ -55,6 +59,7 @@ impl Default for Settings {
             offer_timeout_s: 20,
             offline_on_disconnect: true,
             max_missed_offers: 2,
+            agent_max_wait_s: 60,
             calendar: Arc::new(UtcCalendar),
         }
     }
@@ -896,7 +901,26 @@ impl State {
                             .get(queue)
                             .and_then(|q| q.config.overflow.clone())
                             .filter(|overflow| self.queues.contains_key(overflow)),
-                        Target::Agent(_) => None,
+                        Target::Agent(agent) => {
+                            let waited_for = Target::Agent(agent.clone());
+                            // The named agent may have got room earlier in this tick: whoever
+                            // can be served now is served first, this caller included.
+                            self.dispatch(out, now);
+                            let interaction = &self.interactions[&id];
+                            if interaction.state != InteractionState::Queued {
+                                continue;
+                            }
+                            // The named agent never got room: the fallback takes the caller.
+                            let fallback = interaction
+                                .pending_fallback
+                                .clone()
+                                .filter(|fallback| *fallback != waited_for);
+                            match fallback {
+                                Some(fallback) => self.route(out, &id, fallback, now),
+                                None => self.emit(out, Event::InteractionTimedOut { id, at: now }),
+                            }
+                            continue;
+                        }
                     };
                     match overflow {
                         Some(overflow) => self.emit(
@@ -1792,11 +1816,23 @@ impl State {
         }
     }
 
-    /// The wake-ups of a caller waiting in a queue: each step's relaxation and `max_wait_s`.
+    /// The wake-ups of a waiting caller: in a queue, each step's relaxation and `max_wait_s`;
+    /// for an agent, the agent target's `max_wait_s`.
     fn set_wait_timers(&mut self, id: &InteractionId) {
         let interaction = &self.interactions[id];
-        let Target::Queue(queue) = &interaction.current_target else {
-            return;
+        let queue = match &interaction.current_target {
+            Target::Queue(queue) => queue,
+            Target::Agent(_) => {
+                let wait_s = interaction
+                    .spec
+                    .max_wait_s
+                    .unwrap_or(self.settings.agent_max_wait_s);
+                let at = interaction.waiting_since.plus_seconds(wait_s);
+                self.timers.insert((at, TimerKind::MaxWait, id.clone()));
+                let interaction = self.interactions.get_mut(id).expect("exists");
+                interaction.max_wait_at = Some(at);
+                return;
+            }
         };
         let Some(index) = self.queues.get(queue) else {
             return;

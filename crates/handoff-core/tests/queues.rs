@@ -426,6 +426,8 @@ fn spec(id: &str, target: Target, channel: &str, priority: i32, now: Timestamp) 
         target,
         fallback: None,
         priority,
+        max_wait_s: None,
+        enrichment: Vec::new(),
         created_by: Some("main-ivr".to_owned()),
         created_at: now,
     }

@@ -52,6 +52,8 @@ enum Op {
         target: usize,
         fallback: Option<usize>,
         priority: i32,
+        /// The request's own `max_wait_s`; `None`: the server's.
+        max_wait_s: Option<u64>,
     },
     Accept {
         pick: usize,
@@ -104,8 +106,18 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (agent_index(), 0..STATUSES.len(), any::<bool>(), 0..4usize)
             .prop_map(|(agent, status, reason, source)| Op::Presence { agent, status, reason, source }),
-        5 => (agent_index(), proptest::option::of(agent_index()), -1..3i32)
-            .prop_map(|(target, fallback, priority)| Op::Create { target, fallback, priority }),
+        5 => (
+            agent_index(),
+            proptest::option::of(agent_index()),
+            -1..3i32,
+            prop_oneof![3 => Just(None), 1 => Just(Some(0u64)), 1 => Just(Some(5))],
+        )
+            .prop_map(|(target, fallback, priority, max_wait_s)| Op::Create {
+                target,
+                fallback,
+                priority,
+                max_wait_s
+            }),
         4 => (any::<usize>(), actor()).prop_map(|(pick, by)| Op::Accept { pick, by }),
         2 => (any::<usize>(), actor()).prop_map(|(pick, by)| Op::Reject { pick, by }),
         2 => (any::<usize>(), actor(), any::<bool>())
@@ -127,13 +139,18 @@ fn settings() -> impl Strategy<Value = Settings> {
         any::<bool>(),
         // 0 turns "away after missed offers" off; 2 is the default.
         prop_oneof![Just(0u32), Just(1), Just(2), Just(2)],
+        // 0: a caller whose agent cannot take it goes on at the next tick.
+        prop_oneof![Just(0u64), Just(1), Just(30)],
     )
         .prop_map(
-            |(offer_timeout_s, offline_on_disconnect, max_missed_offers)| Settings {
-                offer_timeout_s,
-                offline_on_disconnect,
-                max_missed_offers,
-                ..Settings::default()
+            |(offer_timeout_s, offline_on_disconnect, max_missed_offers, agent_max_wait_s)| {
+                Settings {
+                    offer_timeout_s,
+                    offline_on_disconnect,
+                    max_missed_offers,
+                    agent_max_wait_s,
+                    ..Settings::default()
+                }
             },
         )
 }
@@ -207,6 +224,7 @@ fn command(op: &Op, state: &State, created: &[InteractionId], now: Timestamp) ->
             target,
             fallback,
             priority,
+            max_wait_s,
         } => {
             let id = InteractionId::parse(&format!("i{}", created.len() + 1)).unwrap();
             Command::CreateInteraction {
@@ -220,6 +238,8 @@ fn command(op: &Op, state: &State, created: &[InteractionId], now: Timestamp) ->
                     target: Target::Agent(aid(*target)),
                     fallback: fallback.map(|f| Target::Agent(aid(f))),
                     priority: *priority,
+                    max_wait_s: *max_wait_s,
+                    enrichment: Vec::new(),
                     created_by: None,
                     created_at: now,
                 },
@@ -409,6 +429,19 @@ fn check_invariants(state: &State) -> Result<(), TestCaseError> {
             }
             InteractionState::Queued => {
                 prop_assert_eq!(interaction.offer_expires_at, None);
+                // Waiting for an agent ends at its max wait: the fallback, or timed out.
+                let max_wait_s = interaction
+                    .spec
+                    .max_wait_s
+                    .unwrap_or(state.settings().agent_max_wait_s);
+                let until = interaction.waiting_since.plus_seconds(max_wait_s);
+                prop_assert_eq!(
+                    interaction.max_wait_at,
+                    Some(until),
+                    "{} waits for an agent with its max wait set",
+                    id
+                );
+                earliest = Some(earliest.map_or(until, |e| e.min(until)));
                 prop_assert_eq!(interaction.agent.clone(), None);
                 prop_assert!(holders(id).is_empty());
                 let position = state.position(id);
@@ -454,7 +487,7 @@ fn check_invariants(state: &State) -> Result<(), TestCaseError> {
     prop_assert_eq!(
         state.next_deadline(),
         earliest,
-        "next_deadline is the earliest open offer"
+        "next_deadline is the earliest open offer or end of a wait"
     );
     // Positions among callers for the same target are exactly 1..=n.
     for (target, mut places) in positions {

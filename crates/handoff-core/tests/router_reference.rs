@@ -1004,6 +1004,8 @@ impl Sim {
             target,
             fallback,
             priority,
+            max_wait_s: None,
+            enrichment: Vec::new(),
             created_by: None,
             created_at: self.now,
         };
@@ -1244,6 +1246,8 @@ fn voice_spec(
         target,
         fallback: None,
         priority,
+        max_wait_s: None,
+        enrichment: Vec::new(),
         created_by: None,
         created_at: at,
     }

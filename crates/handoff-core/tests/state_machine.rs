@@ -68,6 +68,8 @@ fn spec(
         target,
         fallback,
         priority,
+        max_wait_s: None,
+        enrichment: Vec::new(),
         created_by: Some("main-ivr".to_owned()),
         created_at,
     }
@@ -534,7 +536,9 @@ fn an_interaction_to_an_offline_away_or_busy_agent_is_created_then_queued_at_pos
         assert_eq!(call.offer_expires_at, None);
         assert_eq!(state.position(&iid("call-1")), Some(1));
         assert_eq!(state.activity(&aid("alice")), Activity::Idle);
-        assert_eq!(state.next_deadline(), None);
+        // The caller waits for alice at most the server's `agent_max_wait_s`.
+        assert_eq!(call.max_wait_at, Some(t(500 + 60_000)));
+        assert_eq!(state.next_deadline(), Some(t(500 + 60_000)));
     }
 }
 
@@ -2609,4 +2613,130 @@ fn ended_interactions_are_forgotten_past_the_cutoff_and_made_again_from_their_ow
         refused(&mut state, hangup("c1"), t(10_000)),
         CommandError::UnknownInteraction(_)
     ));
+}
+
+// ----- an agent target's max wait ------------------------------------------------------------
+
+fn create_waiting_at_most(
+    state: &mut State,
+    id: &str,
+    fallback: Option<Target>,
+    max_wait_s: Option<u64>,
+    now: Timestamp,
+) -> Vec<Event> {
+    let mut spec = spec(id, to_agent("alice"), fallback, 0, now);
+    spec.max_wait_s = max_wait_s;
+    ok(state, Command::CreateInteraction { spec }, now)
+}
+
+#[test]
+fn a_caller_waiting_for_an_away_agent_goes_to_its_fallback_queue_when_the_max_wait_passes() {
+    let mut state = State::new(settings());
+    add_agent(&mut state, "alice", 1, t(0));
+    set_presence(&mut state, "alice", PresenceStatus::Away, t(0));
+    let general = handoff_core::QueueConfig::new(QueueName::parse("general").unwrap());
+    ok(&mut state, Command::UpsertQueue { config: general }, t(0));
+    let out = create_waiting_at_most(
+        &mut state,
+        "call-1",
+        Some(to_queue("general")),
+        None,
+        t(1_000),
+    );
+    assert_eq!(kinds(&out), ["interaction.created", "interaction.queued"]);
+    assert_eq!(state.next_deadline(), Some(t(61_000)), "the server's 60 s");
+    assert!(
+        ok(&mut state, Command::Tick, t(60_999)).is_empty(),
+        "not yet"
+    );
+    let out = ok(&mut state, Command::Tick, t(61_000));
+    assert_eq!(kinds(&out), ["interaction.queued"]);
+    expect_queued(&out[0], "call-1", to_queue("general"));
+    let call = interaction(&state, "call-1");
+    assert_eq!(call.current_target, to_queue("general"));
+    assert_eq!(call.pending_fallback, None, "the fallback is used up");
+    assert_eq!(state.position(&iid("call-1")), Some(1));
+    // alice coming back now gets the caller as a member of general, not as its named agent.
+    let out = set_presence(&mut state, "alice", PresenceStatus::Available, t(62_000));
+    assert_eq!(
+        kinds(&out),
+        ["agent.presence_changed", "interaction.offered"]
+    );
+    match &out[1] {
+        Event::InteractionOffered { target, .. } => assert_eq!(target, &to_queue("general")),
+        other => panic!("not an offer: {other:?}"),
+    }
+}
+
+#[test]
+fn a_caller_waiting_for_a_busy_agent_with_no_fallback_ends_timed_out_at_its_own_max_wait() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "call-0", to_agent("alice"), None, 0, t(0));
+    ok(&mut state, accept("call-0", "alice"), t(100));
+    let out = create_waiting_at_most(&mut state, "call-1", None, Some(5), t(1_000));
+    assert_eq!(kinds(&out), ["interaction.created", "interaction.queued"]);
+    assert_eq!(interaction(&state, "call-1").max_wait_at, Some(t(6_000)));
+    let out = ok(&mut state, Command::Tick, t(6_000));
+    assert_eq!(kinds(&out), ["interaction.timed_out"]);
+    let call = interaction(&state, "call-1");
+    assert_eq!(call.state, InteractionState::TimedOut);
+    assert_eq!(state.position(&iid("call-1")), None);
+    assert_eq!(state.next_deadline(), None);
+    // alice's own call is untouched.
+    assert_eq!(
+        interaction(&state, "call-0").state,
+        InteractionState::Accepted
+    );
+}
+
+#[test]
+fn a_max_wait_of_zero_sends_the_caller_to_the_fallback_agent_at_the_next_tick() {
+    let mut state = State::new(settings());
+    add_agent(&mut state, "alice", 1, t(0));
+    available_agent(&mut state, "bob", 1, t(0));
+    let out = create_waiting_at_most(
+        &mut state,
+        "call-1",
+        Some(to_agent("bob")),
+        Some(0),
+        t(1_000),
+    );
+    assert_eq!(kinds(&out), ["interaction.created", "interaction.queued"]);
+    assert_eq!(state.next_deadline(), Some(t(1_000)));
+    let out = ok(&mut state, Command::Tick, t(1_000));
+    assert_eq!(kinds(&out), ["interaction.offered"]);
+    expect_offered(&out[0], "call-1", "bob", t(1_000));
+}
+
+#[test]
+fn an_agent_who_gets_room_in_the_same_tick_as_the_max_wait_takes_the_caller_instead_of_the_fallback(
+) {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    available_agent(&mut state, "bob", 1, t(0));
+    // alice is offered call-0, whose offer times out at 20 s; call-1 waits for her up to 20 s.
+    create(&mut state, "call-0", to_agent("alice"), None, 0, t(0));
+    let out = create_waiting_at_most(&mut state, "call-1", Some(to_agent("bob")), Some(20), t(0));
+    assert_eq!(kinds(&out), ["interaction.created", "interaction.queued"]);
+    let out = ok(&mut state, Command::Tick, t(20_000));
+    let offered_to: Vec<(String, String)> = out
+        .iter()
+        .filter_map(|event| match event {
+            Event::InteractionOffered { id, agent, .. } => {
+                Some((id.to_string(), agent.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        offered_to,
+        [("call-1".to_owned(), "alice".to_owned())],
+        "{:?}",
+        kinds(&out)
+    );
+    assert_eq!(
+        interaction(&state, "call-1").pending_fallback,
+        Some(to_agent("bob"))
+    );
 }

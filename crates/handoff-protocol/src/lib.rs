@@ -179,6 +179,32 @@ pub struct CreateInteractionRequest {
     pub fallback: Option<Target>,
     #[serde(default)]
     pub priority: Option<i32>,
+    /// For an agent target (or an agent fallback) who cannot take the call now: how long the
+    /// caller waits for that agent before the fallback takes it, or it ends `timed_out`.
+    /// 0..=2592000; default the server's `agent_max_wait_s` (60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_s: Option<i64>,
+}
+
+/// While a caller waits for an agent named as its target who cannot take it now: why, and
+/// what happens when the wait ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AgentWaitView {
+    pub agent: String,
+    /// The agent's presence now: `available` (with no room: on other calls), `away`, `busy`
+    /// or `offline`.
+    pub presence: String,
+    /// `idle`, `offered`, `engaged` or `wrap_up`.
+    pub activity: String,
+    /// Whether the agent has a desktop connected.
+    pub connected: bool,
+    /// When the caller stops waiting for this agent, RFC 3339 UTC.
+    pub until: String,
+    /// Where the caller goes then; null: the interaction ends `timed_out`.
+    pub then: Option<Target>,
+    /// The same in one sentence, for a log or an IVR prompt.
+    pub message: String,
 }
 
 /// Where the IVR transfers the call.
@@ -239,6 +265,14 @@ pub struct InteractionView {
     /// `position`; null without a caller answered there today.
     #[serde(default)]
     pub estimated_wait_s: Option<u64>,
+    /// While queued: when the caller stops waiting (a queue's or an agent target's
+    /// `max_wait_s`); null without a limit.
+    #[serde(default)]
+    pub max_wait_until: Option<String>,
+    /// While queued for an agent named as the target who cannot take the call now: who,
+    /// why and until when. Null otherwise (the 201 of a call whose agent is there is `offered`).
+    #[serde(default)]
+    pub waiting_for_agent: Option<AgentWaitView>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: RawJson,
     pub caller: Option<String>,

@@ -64,6 +64,7 @@ pub async fn run(args: IvrArgs) -> anyhow::Result<()> {
         target: args.to,
         fallback: args.fallback,
         priority: args.priority,
+        max_wait_s: None,
     };
     let created = client
         .create_interaction(&request, args.idempotency_key.as_deref())

@@ -31,6 +31,10 @@ pub struct Config {
     /// Misses in a row (rejected or timed-out offers) after which an agent is set `away`
     /// with reason `missed_offers`; 0 never does.
     pub max_missed_offers: u32,
+    /// How long a caller waits for an agent named as its target who cannot take the call now
+    /// (away, offline, on other calls) before the fallback takes it, or it ends `timed_out`;
+    /// a request's own `max_wait_s` wins. 0: it goes on at once.
+    pub agent_max_wait_s: u64,
     /// The IANA time zone of "today" in statistics and in `least_occupied`, e.g. `Europe/Paris`.
     pub timezone: String,
     /// Browser origins allowed beside the server's own.
@@ -73,6 +77,7 @@ impl Default for Config {
             presence_grace_s: 30,
             offline_on_disconnect: true,
             max_missed_offers: 2,
+            agent_max_wait_s: 60,
             timezone: "UTC".to_owned(),
             allowed_origins: Vec::new(),
             egress_allow: Vec::new(),
@@ -171,6 +176,7 @@ impl Config {
             offer_timeout_s,
             presence_grace_s,
             max_missed_offers,
+            agent_max_wait_s,
             ping_interval_s,
             ended_interactions_kept_s,
             rate_limit_per_key,
@@ -317,6 +323,7 @@ mod tests {
         assert_eq!(config.durability, "fsync");
         assert_eq!(config.max_context_bytes, 65536);
         assert_eq!(config.offer_timeout_s, 20);
+        assert_eq!(config.agent_max_wait_s, 60);
         assert_eq!(config.presence_grace_s, 30);
         assert!(config.offline_on_disconnect);
         assert_eq!(config.timezone, "UTC");

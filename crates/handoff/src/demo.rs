@@ -909,6 +909,7 @@ impl CallPlan {
             target: Target::Queue(queue.to_owned()),
             fallback: None,
             priority: vip.then_some(5),
+            max_wait_s: None,
         };
         let patience = if rng.chance(IMPATIENT_PERCENT) {
             rng.between(IMPATIENT)

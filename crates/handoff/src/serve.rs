@@ -40,6 +40,7 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
             offer_timeout_s: config.offer_timeout_s,
             offline_on_disconnect: config.offline_on_disconnect,
             max_missed_offers: config.max_missed_offers,
+            agent_max_wait_s: config.agent_max_wait_s,
             calendar: Arc::new(zone),
         },
         pop_url: config.pop_url.clone(),

@@ -13,8 +13,8 @@ use handoff_core::{
     QueueName, Target,
 };
 use handoff_protocol::{
-    CloudEvent, CompleteRequest, CreateInteractionRequest, InteractionList, InteractionView,
-    TransferRequest,
+    AgentWaitView, CloudEvent, CompleteRequest, CreateInteractionRequest, InteractionList,
+    InteractionView, TransferRequest,
 };
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -93,16 +93,18 @@ fn unreadable(seq: u64, error: impl std::fmt::Display) -> ApiError {
 /// answer at most once however many of its callers are listed.
 struct Viewer<'a> {
     committed: &'a handoff_core::State,
+    connections: &'a crate::connections::Connections,
     now: handoff_core::Timestamp,
     day_start: handoff_core::Timestamp,
     asa_today: HashMap<QueueName, Option<f64>>,
 }
 
 impl<'a> Viewer<'a> {
-    fn new(state: &AppState, committed: &'a handoff_core::State) -> Viewer<'a> {
+    fn new(state: &'a AppState, committed: &'a handoff_core::State) -> Viewer<'a> {
         let now = now();
         Viewer {
             committed,
+            connections: &state.connections,
             now,
             day_start: state.settings.day_start(now),
             asa_today: HashMap::new(),
@@ -121,7 +123,52 @@ impl<'a> Viewer<'a> {
             (Target::Queue(queue), Some(position)) => self.estimated_wait_s(queue, position),
             _ => None,
         };
-        interaction_view(interaction, position, estimate, address)
+        let waiting_for_agent = self.waiting_for_agent(interaction);
+        interaction_view(interaction, position, estimate, address, waiting_for_agent)
+    }
+
+    /// For a caller queued for an agent named as its target: that agent's state now, and what
+    /// happens when the wait ends. The IVR reads it in the 201 to tell the caller.
+    fn waiting_for_agent(&self, interaction: &Interaction) -> Option<AgentWaitView> {
+        let Target::Agent(agent_id) = &interaction.current_target else {
+            return None;
+        };
+        if interaction.state != InteractionState::Queued {
+            return None;
+        }
+        let until = interaction.max_wait_at?;
+        let agent = self.committed.agent(agent_id)?;
+        let activity = self.committed.activity(agent_id);
+        let connected = self.connections.is_connected(agent_id);
+        let then = interaction
+            .pending_fallback
+            .as_ref()
+            .filter(|fallback| *fallback != &interaction.current_target);
+        let presence = agent.presence.status.as_str();
+        let why = match (agent.presence.status, &agent.presence.reason) {
+            (handoff_core::PresenceStatus::Available, _) => {
+                "available but has no room (on other calls)".to_owned()
+            }
+            (_, Some(reason)) => format!("{presence} ({reason})"),
+            (_, None) => presence.to_owned(),
+        };
+        let wait_s = ((until.millis() - self.now.millis()).max(0) + 999) / 1000;
+        let next = match then {
+            Some(Target::Queue(queue)) => format!("then it goes to queue {queue}"),
+            Some(Target::Agent(agent)) => format!("then it goes to agent {agent}"),
+            None => "then it ends timed_out".to_owned(),
+        };
+        Some(AgentWaitView {
+            agent: agent_id.to_string(),
+            presence: presence.to_owned(),
+            activity: activity.as_str().to_owned(),
+            connected,
+            until: crate::wire::format_time(until),
+            then: then.map(crate::wire::target_to_wire),
+            message: format!(
+                "agent {agent_id} is {why}; the caller waits for {agent_id} up to {wait_s} s more, {next}"
+            ),
+        })
     }
 
     /// A deliberately simple estimate: the average speed of answer of the queue's callers
@@ -237,6 +284,22 @@ pub async fn create(
         .as_ref()
         .map(|f| target_from_wire(f, "fallback"))
         .transpose()?;
+    let max_wait_s = match body.max_wait_s {
+        None => None,
+        Some(seconds) if (0..=crate::wire::MAX_QUEUE_SECONDS).contains(&seconds) => {
+            Some(seconds as u64)
+        }
+        Some(seconds) => {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                format!(
+                    "max_wait_s: {seconds} is not from 0 to {}",
+                    crate::wire::MAX_QUEUE_SECONDS
+                ),
+            )
+            .with_field("max_wait_s"))
+        }
+    };
     let channel = body.channel.clone().unwrap_or_else(|| "voice".to_owned());
     check_text("caller", body.caller.as_deref())?;
     check_text("dialed", body.dialed.as_deref())?;
@@ -268,6 +331,8 @@ pub async fn create(
         target: target.clone(),
         fallback: fallback.clone(),
         priority: body.priority.unwrap_or(0),
+        max_wait_s,
+        enrichment: Vec::new(),
         created_by: Some(principal.key_id.clone()),
         created_at: now(),
     };

@@ -229,6 +229,8 @@ fn held(state: &AppState, agent: &AgentId) -> Vec<HeldInteraction> {
                 committed.position(interaction.id()),
                 None,
                 address,
+                // Held: offered or assigned to this agent, never waiting for one.
+                None,
             );
             (
                 interaction.spec.created_at,

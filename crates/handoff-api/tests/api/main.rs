@@ -1,6 +1,7 @@
 //! The API's integration tests: one binary, every test against a real server on port 0 with a
 //! temporary data directory and the real SQLite store.
 
+mod agent_wait;
 mod bad_input;
 mod commit_failure;
 mod ended;
