@@ -67,7 +67,14 @@ pub enum EngineError {
     Store(String),
     #[error("the engine has stopped")]
     Stopped,
+    /// A prepared command's own check failed (`Engine::execute_prepared`).
+    #[error("{}", .0.message)]
+    Rejected(crate::error::ApiError),
 }
+
+/// Makes a command from the engine's working state, in the engine, so that what it reads is
+/// exactly what the command runs against (an update merged onto the latest context).
+pub type Prepare = Box<dyn FnOnce(&State) -> Result<Command, EngineError> + Send>;
 
 /// What a committed command produced.
 #[derive(Debug, Default)]
@@ -90,6 +97,10 @@ enum Request {
         /// Boxed: a create's command is most of a request, and the inbox holds thousands.
         command: Box<Command>,
         idempotency: Option<Idempotency>,
+        reply: oneshot::Sender<Result<Committed, EngineError>>,
+    },
+    Prepared {
+        prepare: Prepare,
         reply: oneshot::Sender<Result<Committed, EngineError>>,
     },
     AddKey {
@@ -268,6 +279,17 @@ impl Engine {
                 idempotency,
                 reply,
             })
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        answer.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Runs the command `prepare` makes from the working state, as `execute` runs one.
+    /// `prepare` runs on the engine's task: it must be quick and must not block.
+    pub async fn execute_prepared(&self, prepare: Prepare) -> Result<Committed, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Prepared { prepare, reply })
             .await
             .map_err(|_| EngineError::Stopped)?;
         answer.await.map_err(|_| EngineError::Stopped)?
@@ -559,6 +581,11 @@ impl EngineTask {
                 reply,
             } => {
                 let result = self.run_command(*command, idempotency, now, group);
+                group.replies.push(PendingReply::Execute(reply, result));
+            }
+            Request::Prepared { prepare, reply } => {
+                let result = prepare(&self.working)
+                    .and_then(|command| self.run_command(command, None, now, group));
                 group.replies.push(PendingReply::Execute(reply, result));
             }
             Request::AddKey { record, reply } => {

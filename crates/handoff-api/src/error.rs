@@ -59,6 +59,15 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
+    /// An `If-Match` that does not name the resource's current version.
+    pub fn precondition_failed(message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            message,
+        )
+    }
+
     pub fn too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
@@ -152,6 +161,9 @@ impl From<CommandError> for ApiError {
             CommandError::QueueInUse(_) => ApiError::conflict("queue_in_use", message),
             CommandError::UnknownOverflowQueue(_) => {
                 ApiError::unprocessable("unknown_queue", message).with_field("overflow.queue")
+            }
+            CommandError::ContextVersionMismatch { .. } => {
+                ApiError::precondition_failed(message).with_field("If-Match")
             }
             CommandError::InvalidQueue(invalid) => crate::wire::queue_config_error(invalid),
         }

@@ -101,10 +101,12 @@ pub fn template_for<'a>(
     }
 }
 
-/// Renders `template` for an offer of `spec` to `agent` from `target`; the URL, or why not.
+/// Renders `template` for an offer of `spec`, whose context is now `context`, to `agent` from
+/// `target`; the URL, or why not.
 pub fn render(
     template: &str,
     spec: &InteractionSpec,
+    context: &str,
     agent: &AgentId,
     target: &Target,
 ) -> Result<String, String> {
@@ -114,7 +116,7 @@ pub fn render(
     };
     // Reading a large context costs more than the rest of the render: only when it is used.
     let context: Value = if template.contains("context") {
-        serde_json::from_str(&spec.context).unwrap_or(Value::Null)
+        serde_json::from_str(context).unwrap_or(Value::Null)
     } else {
         Value::Null
     };
@@ -260,6 +262,7 @@ mod tests {
         render(
             template,
             spec,
+            &spec.context,
             &AgentId::parse("alice").unwrap(),
             &Target::Queue(QueueName::parse("billing").unwrap()),
         )

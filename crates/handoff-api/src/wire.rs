@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use handoff_core::{
-    Agent, AgentId, AgentProfile, Capacity, EscalationStep, Event, Interaction, InteractionId,
-    InteractionSpec, InteractionState, OfferEndReason, Presence, PresenceSource, PresenceStatus,
-    QueueConfig, QueueConfigError, QueueName, Routing, SkillLevel, Strategy, Target, Timestamp,
+    Agent, AgentId, AgentProfile, Capacity, Enrichment, EscalationStep, Event, Interaction,
+    InteractionId, InteractionSpec, InteractionState, OfferEndReason, Presence, PresenceSource,
+    PresenceStatus, QueueConfig, QueueConfigError, QueueName, Routing, SkillLevel, Strategy,
+    Target, Timestamp,
 };
 use handoff_protocol as wire;
 use serde::Deserialize;
@@ -409,7 +410,14 @@ pub fn interaction_view(
             .flatten()
             .map(format_time),
         waiting_for_agent,
-        context: wire::RawJson::from_text(spec.context.clone())
+        context_version: interaction.context_version,
+        enrichment: (!interaction.enrichment.is_empty()).then(|| {
+            wire::RawJson::from_text(
+                serde_json::to_string(&EnrichmentMap(&interaction.enrichment)).unwrap_or_default(),
+            )
+            .unwrap_or_else(|_| wire::RawJson::empty_object())
+        }),
+        context: wire::RawJson::from_text(interaction.context().to_owned())
             .unwrap_or_else(|_| wire::RawJson::empty_object()),
         caller: spec.caller.clone(),
         dialed: spec.dialed.clone(),
@@ -498,7 +506,7 @@ fn render_pop_url(
     agent: &AgentId,
     target: &Target,
 ) -> Result<String, String> {
-    crate::pop_url::render(template, &offered.spec, agent, target).map_err(|reason| {
+    crate::pop_url::render(template, &offered.spec, offered.context(), agent, target).map_err(|reason| {
         tracing::warn!(interaction = %offered.spec.id.as_str(), %reason, "pop_url not rendered");
         reason
     })
@@ -587,27 +595,79 @@ struct DirectSpec<'a> {
     max_wait_s: Option<u64>,
     created_at: String,
     created_by: &'a Option<String>,
+    /// What CRM lookups found, by connector; absent when nothing was found (yet).
+    #[serde(skip_serializing_if = "EnrichmentMap::is_empty")]
+    enrichment: EnrichmentMap<'a>,
+    /// In an offer: the context's version, for a desktop's `If-Match` when it updates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     transfer_note: Option<&'a Option<String>>,
 }
 
 impl<'a> DirectSpec<'a> {
-    fn new(spec: &'a InteractionSpec, transfer_note: Option<&'a Option<String>>) -> Self {
+    /// The interaction as created.
+    fn created(spec: &'a InteractionSpec) -> Self {
+        DirectSpec::new(spec, &spec.context, &spec.enrichment, None, None)
+    }
+
+    /// The interaction now, as a screen pop shows it: the context as updated, everything a
+    /// CRM found so far, and the last transfer's note.
+    fn offered(interaction: &'a Interaction) -> Self {
+        DirectSpec::new(
+            &interaction.spec,
+            interaction.context(),
+            &interaction.enrichment,
+            Some(interaction.context_version),
+            Some(&interaction.last_transfer_note),
+        )
+    }
+
+    fn new(
+        spec: &'a InteractionSpec,
+        context: &'a str,
+        enrichment: &'a [Enrichment],
+        context_version: Option<u64>,
+        transfer_note: Option<&'a Option<String>>,
+    ) -> Self {
         DirectSpec {
             id: spec.id.as_str(),
             caller: &spec.caller,
             dialed: &spec.dialed,
             channel: &spec.channel,
             call_id: &spec.call_id,
-            context: raw_context(&spec.context),
+            context: raw_context(context),
             target: target_to_wire(&spec.target),
             fallback: spec.fallback.as_ref().map(target_to_wire),
             priority: spec.priority,
             max_wait_s: spec.max_wait_s,
             created_at: format_time(spec.created_at),
             created_by: &spec.created_by,
+            enrichment: EnrichmentMap(enrichment),
+            context_version,
             transfer_note,
         }
+    }
+}
+
+/// What CRM connectors found, written as `{"connector": {fields...}, ...}` with each
+/// connector's fields copied as stored.
+struct EnrichmentMap<'a>(&'a [Enrichment]);
+
+impl EnrichmentMap<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for EnrichmentMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for found in self.0 {
+            map.serialize_entry(&found.connector, raw_context(&found.fields))?;
+        }
+        map.end()
     }
 }
 
@@ -644,7 +704,7 @@ fn event_data<'a>(
             DirectData::Tree(json!({"agent": agent.as_str(), "presence": presence_json(presence)}))
         }
         Event::InteractionCreated { spec } => DirectData::Created {
-            interaction: DirectSpec::new(spec, None),
+            interaction: DirectSpec::created(spec),
         },
         // No position: it changes as others leave the line, and the log keeps only facts.
         Event::InteractionQueued {
@@ -687,7 +747,7 @@ fn event_data<'a>(
                     None => (None, None),
                 };
             DirectData::Offered {
-                interaction: DirectSpec::new(&offered.spec, Some(&offered.last_transfer_note)),
+                interaction: DirectSpec::offered(offered),
                 agent: agent.as_str(),
                 offer_target: target_to_wire(target),
                 offer_expires_at: format_time(*expires_at),
@@ -758,6 +818,35 @@ fn event_data<'a>(
         | Event::InteractionTimedOut { id, .. } => {
             DirectData::Tree(json!({"interaction_id": id.as_str()}))
         }
+        Event::ContextUpdated {
+            id,
+            context,
+            patch,
+            version,
+            by,
+            ..
+        } => DirectData::Tree(json!({
+            "interaction_id": id.as_str(),
+            "context": raw_context(context),
+            "context_version": version,
+            "patch": raw_context(patch),
+            "by": by,
+        })),
+        Event::InteractionEnriched { id, enrichment, .. } => DirectData::Tree(json!({
+            "interaction_id": id.as_str(),
+            "connector": enrichment.connector,
+            "fields": raw_context(&enrichment.fields),
+        })),
+        Event::EnrichmentFailed {
+            id,
+            connector,
+            reason,
+            ..
+        } => DirectData::Tree(json!({
+            "interaction_id": id.as_str(),
+            "connector": connector,
+            "reason": reason,
+        })),
         Event::QueueUpserted { config, .. } => {
             DirectData::Tree(json!({"queue": queue_view(config)}))
         }
@@ -803,6 +892,18 @@ struct SpecData {
     max_wait_s: Option<u64>,
     created_at: String,
     created_by: Option<String>,
+    #[serde(default)]
+    enrichment: serde_json::Map<String, Value>,
+}
+
+/// `{"connector": {fields}}` as written by `EnrichmentMap`, back in its order.
+fn enrichment_from_map(map: &serde_json::Map<String, Value>) -> Vec<Enrichment> {
+    map.iter()
+        .map(|(connector, fields)| Enrichment {
+            connector: connector.clone(),
+            fields: Arc::from(fields.to_string()),
+        })
+        .collect()
 }
 
 /// Reads an event back from its wire form, as recovery replays the log.
@@ -819,6 +920,13 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             .ok_or_else(|| fail(format!("data.{key} is missing")))
     };
     let optional_text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_owned);
+    // A JSON object the event carries (a context, a CRM's fields), back as its text.
+    let json_text = |key: &str| -> Result<String, DecodeError> {
+        match data.get(key) {
+            Some(value @ Value::Object(_)) => Ok(value.to_string()),
+            _ => Err(fail(format!("data.{key} is not an object"))),
+        }
+    };
     let flag = |key: &str| data.get(key).and_then(Value::as_bool).unwrap_or(false);
     let routing = || -> Result<Routing, DecodeError> {
         match data.get("routing") {
@@ -925,7 +1033,7 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
                     },
                     priority: spec.priority,
                     max_wait_s: spec.max_wait_s,
-                    enrichment: Vec::new(),
+                    enrichment: enrichment_from_map(&spec.enrichment),
                     created_by: spec.created_by,
                     created_at: parse_time(&spec.created_at)
                         .ok_or_else(|| fail("created_at".to_owned()))?,
@@ -1017,6 +1125,31 @@ pub fn decode_event(seq: u64, payload: &str) -> Result<Event, DecodeError> {
             id: interaction_id()?,
             at,
         },
+        "interaction.context_updated" => Event::ContextUpdated {
+            id: interaction_id()?,
+            context: Arc::from(json_text("context")?),
+            patch: Arc::from(json_text("patch")?),
+            version: data
+                .get("context_version")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| fail("data.context_version is missing".to_owned()))?,
+            by: optional_text("by"),
+            at,
+        },
+        "interaction.enriched" => Event::InteractionEnriched {
+            id: interaction_id()?,
+            enrichment: Enrichment {
+                connector: text("connector")?,
+                fields: Arc::from(json_text("fields")?),
+            },
+            at,
+        },
+        "interaction.enrichment_failed" => Event::EnrichmentFailed {
+            id: interaction_id()?,
+            connector: text("connector")?,
+            reason: text("reason")?,
+            at,
+        },
         kind @ ("queue.created" | "queue.updated") => {
             let view: wire::QueueView = serde_json::from_value(data["queue"].clone())
                 .map_err(|e| fail(format!("queue: {e}")))?;
@@ -1087,12 +1220,15 @@ mod tests {
             Event::InteractionUnanswered { .. } => "InteractionUnanswered",
             Event::InteractionCompleted { .. } => "InteractionCompleted",
             Event::InteractionTimedOut { .. } => "InteractionTimedOut",
+            Event::ContextUpdated { .. } => "ContextUpdated",
+            Event::InteractionEnriched { .. } => "InteractionEnriched",
+            Event::EnrichmentFailed { .. } => "EnrichmentFailed",
             Event::QueueUpserted { .. } => "QueueUpserted",
             Event::QueueDeleted { .. } => "QueueDeleted",
         }
     }
 
-    const VARIANTS: [&str; 18] = [
+    const VARIANTS: [&str; 21] = [
         "AgentCreated",
         "AgentUpdated",
         "AgentDeleted",
@@ -1109,6 +1245,9 @@ mod tests {
         "InteractionUnanswered",
         "InteractionCompleted",
         "InteractionTimedOut",
+        "ContextUpdated",
+        "InteractionEnriched",
+        "EnrichmentFailed",
         "QueueUpserted",
         "QueueDeleted",
     ];
@@ -1168,7 +1307,16 @@ mod tests {
             fallback: Some(Target::Agent(agent("bob"))),
             priority: -3,
             max_wait_s: Some(45),
-            enrichment: Vec::new(),
+            enrichment: vec![
+                Enrichment {
+                    connector: "zendesk".to_owned(),
+                    fields: Arc::from(r#"{"user_id":361,"name":"Zoë"}"#),
+                },
+                Enrichment {
+                    connector: "billing".to_owned(),
+                    fields: Arc::from(r#"{"due":12.5}"#),
+                },
+            ],
             created_by: Some("key_ivr".to_owned()),
             created_at: t(2),
         };
@@ -1321,6 +1469,36 @@ mod tests {
             Event::QueueDeleted {
                 name: queue("billing"),
                 at: t(23),
+            },
+            Event::ContextUpdated {
+                id: ix("ix_1"),
+                context: Arc::from(r#"{"order":43,"vip":true,"note":"Zoë & co"}"#),
+                patch: Arc::from(r#"{"order":43,"nested":null,"note":"Zoë & co"}"#),
+                version: 2,
+                by: Some("key_ivr".to_owned()),
+                at: t(26),
+            },
+            Event::ContextUpdated {
+                id: ix("ix_1"),
+                context: Arc::from("{}"),
+                patch: Arc::from(r#"{"order":null}"#),
+                version: 3,
+                by: None,
+                at: t(27),
+            },
+            Event::InteractionEnriched {
+                id: ix("ix_1"),
+                enrichment: Enrichment {
+                    connector: "crm".to_owned(),
+                    fields: Arc::from(r#"{"name":"Zoë","tier":"gold","open_tickets":[1,2]}"#),
+                },
+                at: t(28),
+            },
+            Event::EnrichmentFailed {
+                id: ix("ix_1"),
+                connector: "crm".to_owned(),
+                reason: "HTTP 503 from crm.example.com".to_owned(),
+                at: t(29),
             },
         ]);
         for strategy in Strategy::ALL {

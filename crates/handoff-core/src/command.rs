@@ -44,6 +44,24 @@ pub enum Command {
         fallback: Option<Target>,
         note: Option<String>,
     },
+    /// Replaces the interaction's context with `context` (the IVR's or the agent's update,
+    /// merged by the caller), when the context is still at `expected_version`.
+    UpdateContext {
+        id: InteractionId,
+        expected_version: u64,
+        context: String,
+        /// The update as the caller sent it (a JSON merge patch), kept with the event.
+        patch: String,
+        /// Who updated it: an API key id or an agent id.
+        by: Option<String>,
+    },
+    /// A CRM connector's lookup answered after the interaction was created.
+    RecordEnrichment {
+        id: InteractionId,
+        connector: String,
+        /// The pop fields as JSON text, or why the lookup failed.
+        outcome: Result<String, String>,
+    },
     /// The caller is gone.
     Hangup {
         id: InteractionId,
@@ -96,6 +114,12 @@ pub enum CommandError {
     QueueInUse(QueueName),
     #[error("the overflow queue {0} does not exist")]
     UnknownOverflowQueue(QueueName),
+    #[error("the context of interaction {id} is at version {current}, not {expected}")]
+    ContextVersionMismatch {
+        id: InteractionId,
+        expected: u64,
+        current: u64,
+    },
     #[error(transparent)]
     InvalidQueue(#[from] QueueConfigError),
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::agent::{AgentProfile, Presence};
 use crate::ids::{AgentId, InteractionId, QueueName, Timestamp};
-use crate::interaction::{InteractionSpec, Target};
+use crate::interaction::{Enrichment, InteractionSpec, Target};
 use crate::queue::{QueueConfig, Strategy};
 
 /// Why an offer went to the agent it went to: shown with the screen pop.
@@ -154,6 +154,30 @@ pub enum Event {
         id: InteractionId,
         at: Timestamp,
     },
+    /// The interaction's context was updated (a JSON merge patch from the IVR or the agent).
+    ContextUpdated {
+        id: InteractionId,
+        /// The whole context after the update, as JSON text.
+        context: Arc<str>,
+        /// The update as sent.
+        patch: Arc<str>,
+        version: u64,
+        by: Option<String>,
+        at: Timestamp,
+    },
+    /// A CRM lookup answered after the interaction was created: the pop fields it found.
+    InteractionEnriched {
+        id: InteractionId,
+        enrichment: Enrichment,
+        at: Timestamp,
+    },
+    /// A CRM lookup failed (or timed out): the call is routed as usual without its fields.
+    EnrichmentFailed {
+        id: InteractionId,
+        connector: String,
+        reason: String,
+        at: Timestamp,
+    },
     QueueUpserted {
         config: QueueConfig,
         created: bool,
@@ -185,6 +209,9 @@ impl Event {
             Event::InteractionUnanswered { .. } => "interaction.unanswered",
             Event::InteractionCompleted { .. } => "interaction.completed",
             Event::InteractionTimedOut { .. } => "interaction.timed_out",
+            Event::ContextUpdated { .. } => "interaction.context_updated",
+            Event::InteractionEnriched { .. } => "interaction.enriched",
+            Event::EnrichmentFailed { .. } => "interaction.enrichment_failed",
             Event::QueueUpserted { created: true, .. } => "queue.created",
             Event::QueueUpserted { .. } => "queue.updated",
             Event::QueueDeleted { .. } => "queue.deleted",
@@ -204,6 +231,9 @@ impl Event {
             Event::QueueUpserted { config, .. } => config.name.as_str(),
             Event::QueueDeleted { name, .. } => name.as_str(),
             Event::InteractionTimedOut { id, .. }
+            | Event::ContextUpdated { id, .. }
+            | Event::InteractionEnriched { id, .. }
+            | Event::EnrichmentFailed { id, .. }
             | Event::InteractionQueued { id, .. }
             | Event::InteractionOffered { id, .. }
             | Event::OfferRevoked { id, .. }
@@ -235,6 +265,9 @@ impl Event {
             | Event::InteractionAbandoned { at, .. }
             | Event::InteractionUnanswered { at, .. }
             | Event::InteractionTimedOut { at, .. }
+            | Event::ContextUpdated { at, .. }
+            | Event::InteractionEnriched { at, .. }
+            | Event::EnrichmentFailed { at, .. }
             | Event::QueueUpserted { at, .. }
             | Event::QueueDeleted { at, .. }
             | Event::InteractionCompleted { at, .. } => *at,
@@ -251,7 +284,10 @@ impl Event {
             | Event::QueueUpserted { .. }
             | Event::QueueDeleted { .. } => None,
             Event::InteractionCreated { spec } => Some(&spec.id),
-            Event::InteractionTimedOut { id, .. } => Some(id),
+            Event::InteractionTimedOut { id, .. }
+            | Event::ContextUpdated { id, .. }
+            | Event::InteractionEnriched { id, .. }
+            | Event::EnrichmentFailed { id, .. } => Some(id),
             Event::InteractionQueued { id, .. }
             | Event::InteractionOffered { id, .. }
             | Event::OfferRevoked { id, .. }

@@ -132,10 +132,24 @@ pub struct Interaction {
     pub disposition: Option<String>,
     pub notes: Option<String>,
     pub updated_at: Timestamp,
+    /// The caller's data as updated since creation; `None`: as the IVR created it.
+    pub updated_context: Option<Arc<str>>,
+    /// 1 as created, one more with each update of the context.
+    pub context_version: u64,
+    /// What CRM lookups found, one entry per connector (a later answer replaces an earlier
+    /// one of the same connector): the spec's, then each `interaction.enriched`.
+    pub enrichment: Vec<Enrichment>,
 }
 
 impl Interaction {
     pub fn id(&self) -> &InteractionId {
         &self.spec.id
+    }
+
+    /// The caller's data now, as every offer carries it: the IVR's, as updated since.
+    pub fn context(&self) -> &str {
+        self.updated_context
+            .as_deref()
+            .unwrap_or(&self.spec.context)
     }
 }

@@ -600,6 +600,38 @@ impl State {
                 }
                 Ok(())
             }
+            Command::UpdateContext {
+                id,
+                expected_version,
+                ..
+            } => {
+                let interaction = self
+                    .interactions
+                    .get(id)
+                    .ok_or_else(|| CommandError::UnknownInteraction(id.clone()))?;
+                if interaction.state.is_terminal() {
+                    return Err(CommandError::WrongState {
+                        action: "update the context of",
+                        state: interaction.state,
+                    });
+                }
+                if interaction.context_version != *expected_version {
+                    return Err(CommandError::ContextVersionMismatch {
+                        id: id.clone(),
+                        expected: *expected_version,
+                        current: interaction.context_version,
+                    });
+                }
+                Ok(())
+            }
+            Command::RecordEnrichment { id, .. } => {
+                // An ended interaction still takes what its lookup found: its log is complete.
+                if self.interactions.contains_key(id) {
+                    Ok(())
+                } else {
+                    Err(CommandError::UnknownInteraction(id.clone()))
+                }
+            }
             Command::Hangup { id } => {
                 let interaction = self
                     .interactions
@@ -766,6 +798,47 @@ impl State {
                 };
                 self.emit(out, event);
                 self.route(out, &id, target, now);
+            }
+            Command::UpdateContext {
+                id,
+                context,
+                patch,
+                by,
+                ..
+            } => {
+                let version = self.interactions[&id].context_version + 1;
+                let event = Event::ContextUpdated {
+                    id,
+                    context: Arc::from(context),
+                    patch: Arc::from(patch),
+                    version,
+                    by,
+                    at: now,
+                };
+                self.emit(out, event);
+            }
+            Command::RecordEnrichment {
+                id,
+                connector,
+                outcome,
+            } => {
+                let event = match outcome {
+                    Ok(fields) => Event::InteractionEnriched {
+                        id,
+                        enrichment: crate::interaction::Enrichment {
+                            connector,
+                            fields: Arc::from(fields),
+                        },
+                        at: now,
+                    },
+                    Err(reason) => Event::EnrichmentFailed {
+                        id,
+                        connector,
+                        reason,
+                        at: now,
+                    },
+                };
+                self.emit(out, event);
             }
             Command::Hangup { id } => {
                 let interaction = &self.interactions[&id];
@@ -1527,14 +1600,52 @@ impl State {
                     disposition: None,
                     notes: None,
                     updated_at: spec.created_at,
+                    updated_context: None,
+                    context_version: 1,
+                    enrichment: spec.enrichment.clone(),
                 };
                 self.creation_order.push(spec.id.clone());
                 self.interactions
                     .insert(spec.id.clone(), Box::new(interaction));
                 Vec::new()
             }
+            // Data about the caller, not a step of the call: no line, timer or holder moves.
+            Event::ContextUpdated {
+                id,
+                context,
+                version,
+                at,
+                ..
+            } => self.update_interaction_data(id, *at, |interaction| {
+                interaction.updated_context = Some(context.clone());
+                interaction.context_version = *version;
+            }),
+            Event::InteractionEnriched { id, enrichment, at } => {
+                self.update_interaction_data(id, *at, |interaction| {
+                    let found = &mut interaction.enrichment;
+                    found.retain(|earlier| earlier.connector != enrichment.connector);
+                    found.push(enrichment.clone());
+                })
+            }
+            Event::EnrichmentFailed { id, at, .. } => self.update_interaction_data(id, *at, |_| {}),
             _ => self.apply_to_interaction(event),
         }
+    }
+
+    /// Applies a change of what an interaction carries (its context, what the CRM found),
+    /// which moves no line, timer or holder; the event is for the interaction's holders.
+    fn update_interaction_data(
+        &mut self,
+        id: &InteractionId,
+        at: Timestamp,
+        change: impl FnOnce(&mut Interaction),
+    ) -> Vec<AgentId> {
+        let Some(interaction) = self.interactions.get_mut(id) else {
+            return Vec::new();
+        };
+        change(interaction);
+        interaction.updated_at = at;
+        holders(interaction).into_vec()
     }
 
     fn apply_to_interaction(&mut self, event: &Event) -> Vec<AgentId> {
@@ -1677,6 +1788,9 @@ impl State {
             | Event::AgentDeleted { .. }
             | Event::PresenceChanged { .. }
             | Event::InteractionCreated { .. }
+            | Event::ContextUpdated { .. }
+            | Event::InteractionEnriched { .. }
+            | Event::EnrichmentFailed { .. }
             | Event::QueueUpserted { .. }
             | Event::QueueDeleted { .. } => {}
         }

@@ -90,6 +90,17 @@ enum Op {
         capacity: u32,
         renamed: bool,
     },
+    /// An update of the context, against the current version or a stale one.
+    UpdateContext {
+        pick: usize,
+        stale: bool,
+    },
+    /// A CRM lookup's late answer: fields found, or a failure.
+    Enrich {
+        pick: usize,
+        connector: usize,
+        failed: bool,
+    },
 }
 
 fn agent_index() -> impl Strategy<Value = usize> {
@@ -126,6 +137,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), actor(), agent_index(), proptest::option::of(agent_index()), any::<bool>())
             .prop_map(|(pick, by, target, fallback, note)| Op::Transfer { pick, by, target, fallback, note }),
         3 => Just(Op::Tick),
+        2 => (any::<usize>(), prop_oneof![4 => Just(false), 1 => Just(true)])
+            .prop_map(|(pick, stale)| Op::UpdateContext { pick, stale }),
+        1 => (any::<usize>(), 0..2usize, any::<bool>())
+            .prop_map(|(pick, connector, failed)| Op::Enrich { pick, connector, failed }),
         1 => agent_index().prop_map(|agent| Op::ConnectionLost { agent }),
         1 => agent_index().prop_map(|agent| Op::Delete { agent }),
         2 => (0..3usize, 1..=2u32, any::<bool>())
@@ -182,7 +197,7 @@ fn command(op: &Op, state: &State, created: &[InteractionId], now: Timestamp) ->
         Op::Accept { .. } | Op::Reject { .. } => &[InteractionState::Offered],
         Op::Complete { .. } => &[InteractionState::Accepted, InteractionState::WrapUp],
         Op::Transfer { .. } => &[InteractionState::Accepted],
-        Op::Hangup { .. } => &[
+        Op::Hangup { .. } | Op::UpdateContext { .. } => &[
             InteractionState::Queued,
             InteractionState::Offered,
             InteractionState::Accepted,
@@ -290,6 +305,30 @@ fn command(op: &Op, state: &State, created: &[InteractionId], now: Timestamp) ->
             }
         }
         Op::Tick => Command::Tick,
+        Op::UpdateContext { pick: p, stale } => {
+            let id = pick(*p);
+            let current = state.interaction(&id).map_or(1, |i| i.context_version);
+            Command::UpdateContext {
+                id,
+                expected_version: if *stale { current + 1 } else { current },
+                context: format!(r#"{{"step":{current}}}"#),
+                patch: format!(r#"{{"step":{current}}}"#),
+                by: Some("key_ivr".to_owned()),
+            }
+        }
+        Op::Enrich {
+            pick: p,
+            connector,
+            failed,
+        } => Command::RecordEnrichment {
+            id: pick(*p),
+            connector: format!("crm{connector}"),
+            outcome: if *failed {
+                Err("timed out".to_owned())
+            } else {
+                Ok(format!(r#"{{"name":"caller {p}"}}"#))
+            },
+        },
         Op::ConnectionLost { agent } => Command::ConnectionLost { agent: aid(*agent) },
         Op::Delete { agent } => Command::DeleteAgent { agent: aid(*agent) },
         Op::Upsert {
@@ -499,8 +538,23 @@ fn check_invariants(state: &State) -> Result<(), TestCaseError> {
 }
 
 /// The recipients the contract implies for one event, given the interaction just before it.
-fn expected_recipients(event: &Event) -> Vec<AgentId> {
+fn expected_recipients(state: &State, event: &Event) -> Vec<AgentId> {
     match event {
+        // About the caller's data: for whoever holds the interaction.
+        Event::ContextUpdated { id, .. }
+        | Event::InteractionEnriched { id, .. }
+        | Event::EnrichmentFailed { id, .. } => {
+            let Some(interaction) = state.interaction(id) else {
+                return vec![];
+            };
+            match interaction.state {
+                InteractionState::Offered => interaction.offered_to.iter().cloned().collect(),
+                InteractionState::Accepted | InteractionState::WrapUp => {
+                    interaction.agent.iter().cloned().collect()
+                }
+                _ => vec![],
+            }
+        }
         Event::AgentCreated { .. } | Event::AgentUpdated { .. } | Event::AgentDeleted { .. } => {
             vec![]
         }
@@ -784,7 +838,7 @@ fn run_sequence(
                     let recipients = shadow.apply(event);
                     prop_assert_eq!(
                         recipients,
-                        expected_recipients(event),
+                        expected_recipients(&shadow, event),
                         "recipients of {:?}",
                         event
                     );

@@ -2740,3 +2740,148 @@ fn an_agent_who_gets_room_in_the_same_tick_as_the_max_wait_takes_the_caller_inst
         Some(to_agent("bob"))
     );
 }
+
+// ----- the caller's data: context updates and CRM enrichment ----------------------------------
+
+fn update_context(id: &str, expected_version: u64, context: &str) -> Command {
+    Command::UpdateContext {
+        id: iid(id),
+        expected_version,
+        context: context.to_owned(),
+        patch: context.to_owned(),
+        by: Some("key_ivr".to_owned()),
+    }
+}
+
+#[test]
+fn a_context_update_at_the_current_version_replaces_the_context_for_its_holder_only() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "call-1", to_agent("alice"), None, 0, t(0));
+    ok(&mut state, accept("call-1", "alice"), t(100));
+    let events = run(
+        &mut state,
+        update_context("call-1", 1, r#"{"account":"43"}"#),
+        t(200),
+    );
+    assert_eq!(events.len(), 1);
+    match &events[0] {
+        (
+            Event::ContextUpdated {
+                version, context, ..
+            },
+            recipients,
+        ) => {
+            assert_eq!(*version, 2);
+            assert_eq!(&**context, r#"{"account":"43"}"#);
+            assert_eq!(recipients, &vec![aid("alice")]);
+        }
+        other => panic!("not a context update: {other:?}"),
+    }
+    let call = interaction(&state, "call-1");
+    assert_eq!(call.context(), r#"{"account":"43"}"#);
+    assert_eq!(
+        call.spec.context, r#"{"account":"42"}"#,
+        "the spec keeps what the IVR sent"
+    );
+    assert_eq!(call.context_version, 2);
+    assert_eq!(call.state, InteractionState::Accepted);
+    // A stale version is refused and changes nothing.
+    let refusal = refused(
+        &mut state,
+        update_context("call-1", 1, r#"{"x":1}"#),
+        t(300),
+    );
+    assert_eq!(
+        refusal,
+        CommandError::ContextVersionMismatch {
+            id: iid("call-1"),
+            expected: 1,
+            current: 2
+        }
+    );
+}
+
+#[test]
+fn a_queued_callers_context_update_keeps_its_place_in_line_and_its_wait() {
+    let mut state = State::new(settings());
+    add_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "call-1", to_agent("alice"), None, 0, t(0));
+    create(&mut state, "call-2", to_agent("alice"), None, 0, t(10));
+    let before = interaction(&state, "call-2").max_wait_at;
+    ok(&mut state, update_context("call-1", 1, r#"{"n":1}"#), t(20));
+    assert_eq!(state.position(&iid("call-1")), Some(1));
+    assert_eq!(state.position(&iid("call-2")), Some(2));
+    assert_eq!(interaction(&state, "call-2").max_wait_at, before);
+    // When alice comes, the first caller is offered with its updated context.
+    let out = set_presence(&mut state, "alice", PresenceStatus::Available, t(30));
+    expect_offered(&out[1], "call-1", "alice", t(30));
+    assert_eq!(interaction(&state, "call-1").context(), r#"{"n":1}"#);
+}
+
+#[test]
+fn an_ended_interactions_context_cannot_be_updated_but_what_a_crm_found_is_still_recorded() {
+    let mut state = State::new(settings());
+    available_agent(&mut state, "alice", 1, t(0));
+    create(&mut state, "call-1", to_agent("alice"), None, 0, t(0));
+    ok(&mut state, hangup("call-1"), t(100));
+    let refusal = refused(&mut state, update_context("call-1", 1, "{}"), t(200));
+    assert!(
+        matches!(refusal, CommandError::WrongState { .. }),
+        "{refusal:?}"
+    );
+    let found = Command::RecordEnrichment {
+        id: iid("call-1"),
+        connector: "crm".to_owned(),
+        outcome: Ok(r#"{"name":"Zoë"}"#.to_owned()),
+    };
+    let out = ok(&mut state, found, t(300));
+    assert_eq!(kinds(&out), ["interaction.enriched"]);
+    let missing = Command::RecordEnrichment {
+        id: iid("call-9"),
+        connector: "crm".to_owned(),
+        outcome: Err("timed out".to_owned()),
+    };
+    assert_eq!(
+        refused(&mut state, missing, t(400)),
+        CommandError::UnknownInteraction(iid("call-9"))
+    );
+}
+
+#[test]
+fn a_later_answer_of_a_connector_replaces_its_earlier_fields_and_failures_leave_them() {
+    let mut state = State::new(settings());
+    add_agent(&mut state, "alice", 1, t(0));
+    let mut with_fields = spec("call-1", to_agent("alice"), None, 0, t(0));
+    with_fields.enrichment = vec![handoff_core::Enrichment {
+        connector: "crm".to_owned(),
+        fields: r#"{"name":"first"}"#.into(),
+    }];
+    ok(
+        &mut state,
+        Command::CreateInteraction { spec: with_fields },
+        t(0),
+    );
+    let enrich = |connector: &str, outcome: Result<&str, &str>| Command::RecordEnrichment {
+        id: iid("call-1"),
+        connector: connector.to_owned(),
+        outcome: outcome.map(str::to_owned).map_err(str::to_owned),
+    };
+    ok(&mut state, enrich("billing", Ok(r#"{"due":12}"#)), t(10));
+    ok(&mut state, enrich("crm", Ok(r#"{"name":"second"}"#)), t(20));
+    let out = ok(&mut state, enrich("billing", Err("HTTP 503")), t(30));
+    assert_eq!(kinds(&out), ["interaction.enrichment_failed"]);
+    let found: Vec<(String, String)> = interaction(&state, "call-1")
+        .enrichment
+        .iter()
+        .map(|e| (e.connector.clone(), e.fields.to_string()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("billing".to_owned(), r#"{"due":12}"#.to_owned()),
+            ("crm".to_owned(), r#"{"name":"second"}"#.to_owned())
+        ]
+    );
+    assert_eq!(state.position(&iid("call-1")), Some(1), "still waiting");
+}

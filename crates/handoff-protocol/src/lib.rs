@@ -275,6 +275,14 @@ pub struct InteractionView {
     pub waiting_for_agent: Option<AgentWaitView>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: RawJson,
+    /// 1 as created, one more with each `PATCH .../context`; the context's `ETag` is `"N"`.
+    #[serde(default = "first_context_version")]
+    pub context_version: u64,
+    /// What CRM lookups found, by connector name: `{"crm": {"name": ...}}`. Absent when no
+    /// connector found anything (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub enrichment: Option<RawJson>,
     pub caller: Option<String>,
     pub dialed: Option<String>,
     pub channel: String,
@@ -292,6 +300,10 @@ pub struct InteractionView {
     /// Present on `GET /v1/interactions/{id}`: every event about it, oldest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<CloudEvent>>,
+}
+
+fn first_context_version() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use axum::extract::{Request, State};
 
 use super::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use handoff_core::{
     Command, CommandError, Interaction, InteractionId, InteractionSpec, InteractionState,
     QueueName, Target,
@@ -900,4 +900,280 @@ pub async fn hangup(
     readable(&state, &principal, &id).await?;
     read_empty(request, &state).await?;
     action(&state, &id, Command::Hangup { id: id.clone() }).await
+}
+
+/// The context's entity tag: its version, quoted.
+fn context_etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The context as its own resource: the JSON object with its version as the `ETag`.
+fn context_response(context: &str, version: u64) -> Response {
+    let mut response = (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        context.to_owned(),
+    )
+        .into_response();
+    if let Ok(etag) = axum::http::HeaderValue::from_str(&context_etag(version)) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, etag);
+    }
+    response
+}
+
+/// What an `If-Match` header asks for: any current context (`*`), or one of these versions.
+#[derive(Debug, Clone, PartialEq)]
+enum IfMatch {
+    Any,
+    Versions(Vec<u64>),
+}
+
+impl IfMatch {
+    /// RFC 9110 13.1.1: `*`, or entity tags compared strongly (a weak `W/"3"` matches none).
+    /// A bare number is taken as its quoted tag: clients write `If-Match: 3` by mistake, and
+    /// it can only mean that version.
+    fn parse(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+        let mut values = headers
+            .get_all(axum::http::header::IF_MATCH)
+            .iter()
+            .peekable();
+        if values.peek().is_none() {
+            return Ok(None);
+        }
+        let unreadable = || {
+            ApiError::bad_request(
+                "invalid_header",
+                "If-Match must be * or entity tags such as \"3\" (the context's ETag)",
+            )
+            .with_field("If-Match")
+        };
+        let mut versions = Vec::new();
+        for value in values {
+            let text = value.to_str().map_err(|_| unreadable())?;
+            for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if tag == "*" {
+                    return Ok(Some(IfMatch::Any));
+                }
+                if tag.starts_with("W/") {
+                    // Weak tags never match If-Match; remembered as no version at all.
+                    continue;
+                }
+                let bare = tag
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .unwrap_or(tag);
+                match bare.parse::<u64>() {
+                    Ok(version) => versions.push(version),
+                    // Another server's tag, say: well formed, but never this context's.
+                    Err(_) if tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"') => {}
+                    Err(_) => return Err(unreadable()),
+                }
+            }
+        }
+        Ok(Some(IfMatch::Versions(versions)))
+    }
+
+    fn matches(&self, version: u64) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::Versions(versions) => versions.contains(&version),
+        }
+    }
+}
+
+/// Who may update an interaction's context: an admin, the IVR key that created it, or the
+/// agent it is assigned to (accepted or in wrap-up).
+fn may_update_context(principal: &Principal, interaction: &Interaction) -> Result<(), ApiError> {
+    let allowed = match principal.role {
+        Role::Admin => true,
+        Role::Ivr => interaction.spec.created_by.as_deref() == Some(principal.key_id.as_str()),
+        Role::Agent => {
+            principal.agent.is_some()
+                && interaction.agent == principal.agent
+                && matches!(
+                    interaction.state,
+                    InteractionState::Accepted | InteractionState::WrapUp
+                )
+        }
+        Role::Supervisor | Role::Presence => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only the IVR key that created the interaction, or the agent it is assigned to, may update its context",
+        ))
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/{interaction_id}/context",
+    operation_id = "get_interaction_context",
+    tag = "interactions",
+    summary = "Read the caller's data, with its version as the ETag",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+    ),
+    responses(
+        (status = 200, description = "The context object; `ETag: \"N\"` is its version, for `If-Match` on PATCH", body = Object,
+            headers(("ETag" = String, description = "The context's version, quoted"))),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not allowed to read this interaction", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn get_context(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Supervisor, Role::Ivr, Role::Agent])?;
+    let id = interaction_id(&raw_id)?;
+    let interaction = readable(&state, &principal, &id).await?;
+    Ok(context_response(
+        interaction.context(),
+        interaction.context_version,
+    ))
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/interactions/{interaction_id}/context",
+    operation_id = "patch_interaction_context",
+    tag = "interactions",
+    summary = "Update the caller's data with a JSON merge patch (the IVR that created it, or the assigned agent)",
+    description = "RFC 7396: keys in the patch replace the context's, `null` removes one, nested objects merge. With `If-Match: \"N\"` the update applies only while the context is at version N (its `ETag`), else 412; without it, it applies to the latest. The assigned agent gets `interaction.context_updated` on its stream, and every later offer (after a transfer, say) carries the updated context.",
+    params(
+        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The context's ETag (`\"N\"`) the update was made against, or `*`"),
+    ),
+    request_body(content = Object, content_type = "application/merge-patch+json", description = "A JSON object: the merge patch (application/json is accepted too)"),
+    responses(
+        (status = 200, description = "The updated context; `ETag` is its new version", body = Object,
+            headers(("ETag" = String, description = "The context's new version, quoted"))),
+        (status = 400, description = "Not JSON, not an object, or an unreadable If-Match", body = handoff_protocol::ErrorBody),
+        (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
+        (status = 403, description = "Not the IVR key that created it, nor the agent it is assigned to", body = handoff_protocol::ErrorBody),
+        (status = 404, description = "Unknown interaction", body = handoff_protocol::ErrorBody),
+        (status = 409, description = "The interaction has ended", body = handoff_protocol::ErrorBody),
+        (status = 412, description = "If-Match does not name the context's current version", body = handoff_protocol::ErrorBody),
+        (status = 413, description = "The patch, or the context it makes, is larger than max_context_bytes", body = handoff_protocol::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = handoff_protocol::ErrorBody),
+        (status = 422, description = "Invalid interaction id, or the context it makes nests too deep", body = handoff_protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn patch_context(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Path(raw_id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    principal.require(&[Role::Admin, Role::Ivr, Role::Agent])?;
+    let id = interaction_id(&raw_id)?;
+    let interaction = interaction_anywhere(&state, &id).await?;
+    may_update_context(&principal, &interaction)?;
+    let if_match = IfMatch::parse(&headers)?;
+    let (patch, _) =
+        read_json::<serde_json::Map<String, serde_json::Value>>(request, &state).await?;
+    if object_depth(&patch) > MAX_CONTEXT_DEPTH {
+        return Err(ApiError::unprocessable(
+            "context_too_deep",
+            format!("the patch nests more than {MAX_CONTEXT_DEPTH} levels deep"),
+        ));
+    }
+    let patch_text = serde_json::to_string(&patch).map_err(ApiError::internal)?;
+    let max_context_bytes = state.settings.max_context_bytes;
+    let by = match (&principal.role, &principal.agent) {
+        (Role::Agent, Some(agent)) => agent.to_string(),
+        _ => principal.key_id.clone(),
+    };
+    let patch = serde_json::Value::Object(patch);
+    let target = id.clone();
+    let prepare: crate::engine::Prepare = Box::new(move |working: &handoff_core::State| {
+        let Some(interaction) = working.interaction(&target) else {
+            return Err(EngineError::Refused(CommandError::UnknownInteraction(
+                target.clone(),
+            )));
+        };
+        // Checked again where it counts: the agent may have transferred it meanwhile.
+        may_update_context(&principal, interaction).map_err(EngineError::Rejected)?;
+        let version = interaction.context_version;
+        if let Some(wanted) = if_match.filter(|wanted| !wanted.matches(version)) {
+            let asked = match wanted {
+                IfMatch::Versions(versions) if !versions.is_empty() => versions
+                    .iter()
+                    .map(|v| context_etag(*v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "no strong entity tag".to_owned(),
+            };
+            return Err(EngineError::Rejected(
+                ApiError::precondition_failed(format!(
+                    "If-Match names {asked}, but the context is at {}",
+                    context_etag(version)
+                ))
+                .with_field("If-Match"),
+            ));
+        }
+        let mut context: serde_json::Value =
+            serde_json::from_str(interaction.context()).unwrap_or_else(|_| serde_json::json!({}));
+        json_patch::merge(&mut context, &patch);
+        let merged = match &context {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("an object patched with an object stays an object"),
+        };
+        if object_depth(merged) > MAX_CONTEXT_DEPTH {
+            return Err(EngineError::Rejected(
+                ApiError::unprocessable(
+                    "context_too_deep",
+                    format!("context: nested more than {MAX_CONTEXT_DEPTH} levels deep"),
+                )
+                .with_field("context"),
+            ));
+        }
+        let text = serde_json::to_string(&context).unwrap_or_default();
+        if text.len() > max_context_bytes {
+            return Err(EngineError::Rejected(
+                ApiError::too_large(format!(
+                    "context: {} bytes serialized after the patch, more than the limit of {max_context_bytes}",
+                    text.len()
+                ))
+                .with_field("context"),
+            ));
+        }
+        Ok(Command::UpdateContext {
+            id: target,
+            expected_version: version,
+            context: text,
+            patch: patch_text,
+            by: Some(by),
+        })
+    });
+    let committed = match state.engine.execute_prepared(prepare).await {
+        Ok(committed) => committed,
+        Err(EngineError::Refused(CommandError::UnknownInteraction(_))) => {
+            // Forgotten by the engine since it ended: still the contract's 409.
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("interaction {id} is {}", interaction.state.as_str()),
+            ));
+        }
+        Err(error) => return Err(engine_error(error)),
+    };
+    let updated = committed.events.iter().find_map(|(_, event)| match event {
+        handoff_core::Event::ContextUpdated {
+            context, version, ..
+        } => Some((context.clone(), *version)),
+        _ => None,
+    });
+    let (context, version) =
+        updated.ok_or_else(|| ApiError::internal("a context update appended no event"))?;
+    Ok(context_response(&context, version))
 }

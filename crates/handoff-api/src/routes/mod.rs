@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/interactions/{interaction_id}/hangup",
             post(interactions::hangup),
         )
+        .route(
+            "/v1/interactions/{interaction_id}/context",
+            get(interactions::get_context).patch(interactions::patch_context),
+        )
         .route("/v1/queues", get(queues::list))
         .route(
             "/v1/queues/{name}",
@@ -182,6 +186,7 @@ fn engine_error(error: crate::engine::EngineError) -> ApiError {
             "shutting_down",
             "the server is shutting down",
         ),
+        EngineError::Rejected(error) => error,
     }
 }
 

@@ -4,6 +4,7 @@
 mod agent_wait;
 mod bad_input;
 mod commit_failure;
+mod context;
 mod ended;
 mod handoff_flow;
 mod isolation;
