@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    Batch, IdempotencyRecord, KeyRecord, OfferDeadline, SeqNumber, Store, StoreError, StoredEvent,
+    Batch, DeliveryAttempt, IdempotencyRecord, IntegrationRecord, KeyRecord, OfferDeadline,
+    OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
 };
 
 /// Opens stores for the cases.
@@ -50,6 +51,9 @@ pub async fn run_all(h: &dyn Harness) {
         failing_batch_is_undone_alone_or_grouped,
         event_agents_are_kept_once_in_order_and_must_be_readable,
         reads_beside_writes,
+        integrations_are_put_replaced_and_deleted,
+        outbox_cursors_retries_and_attempts,
+        outbox_survives_reopen_and_commits_with_events,
     );
 }
 
@@ -384,6 +388,11 @@ pub async fn refused_batch_writes_nothing(h: &dyn Harness) {
         keys_added: vec![key("key-2", "agent", Some("agent-b"), 2)],
         keys_revoked: vec!["key-1".into()],
         acks_deleted: vec!["agent-a".into()],
+        integrations_put: vec![integration("webhook", "w1", "{}", 7)],
+        outbox_cursors: vec![(OUTBOX_A.into(), 2)],
+        outbox_retries_set: vec![retry(OUTBOX_A, 1, 1, 9_000)],
+        delivery_attempts: vec![attempt(OUTBOX_A, 1, 1, "failed", 8_000)],
+        ..Batch::default()
     };
     expect_refused(
         s.commit(batch.clone()).await,
@@ -433,6 +442,17 @@ pub async fn refused_batch_writes_nothing(h: &dyn Harness) {
         after.keys,
         vec![key("key-2", "agent", Some("agent-b"), 2)],
         "the batch's key is added and the revoked one gone"
+    );
+    assert_eq!(
+        after.integrations,
+        vec![integration("webhook", "w1", "{}", 7)]
+    );
+    assert_eq!(after.outbox_cursors, vec![(OUTBOX_A.to_string(), 2)]);
+    assert_eq!(after.outbox_retries, vec![retry(OUTBOX_A, 1, 1, 9_000)]);
+    assert_eq!(
+        after.delivery_attempts.len(),
+        1,
+        "the batch's attempt is recorded"
     );
 }
 
@@ -1132,7 +1152,16 @@ pub struct Snapshot {
     pub acks: Vec<(String, SeqNumber)>,
     pub idempotency: Vec<IdempotencyRecord>,
     pub deadlines: Vec<OfferDeadline>,
+    pub integrations: Vec<IntegrationRecord>,
+    pub outbox_cursors: Vec<(String, SeqNumber)>,
+    /// Of the destinations the cases use, `OUTBOX_A` then `OUTBOX_B`.
+    pub outbox_retries: Vec<OutboxRetry>,
+    pub delivery_attempts: Vec<DeliveryAttempt>,
 }
+
+/// The outbox destinations the cases write to.
+const OUTBOX_A: &str = "webhook:a";
+const OUTBOX_B: &str = "connector:b:log";
 
 /// Reads everything a store holds.
 pub async fn snapshot(s: &dyn Store) -> Snapshot {
@@ -1143,6 +1172,25 @@ pub async fn snapshot(s: &dyn Store) -> Snapshot {
         acks: sorted_acks(s).await,
         idempotency: sorted_idempotency(s, i64::MIN).await,
         deadlines: sorted_deadlines(s).await,
+        integrations: s.integrations().await.expect("integrations"),
+        outbox_cursors: s.outbox_cursors().await.expect("outbox_cursors"),
+        outbox_retries: {
+            let mut retries = s.outbox_retries(OUTBOX_A).await.expect("outbox_retries");
+            retries.extend(s.outbox_retries(OUTBOX_B).await.expect("outbox_retries"));
+            retries
+        },
+        delivery_attempts: {
+            let mut attempts = s
+                .delivery_attempts(OUTBOX_A, None, usize::MAX)
+                .await
+                .expect("delivery_attempts");
+            attempts.extend(
+                s.delivery_attempts(OUTBOX_B, None, usize::MAX)
+                    .await
+                    .expect("delivery_attempts"),
+            );
+            attempts
+        },
     }
 }
 
@@ -1312,4 +1360,272 @@ fn key(id: &str, role: &str, agent_id: Option<&str>, n: u8) -> KeyRecord {
         token_sha256,
         created_ms: 1_700_000_000_000 + i64::from(n),
     }
+}
+
+fn integration(kind: &str, name: &str, config: &str, updated_ms: i64) -> IntegrationRecord {
+    IntegrationRecord {
+        kind: kind.into(),
+        name: name.into(),
+        config: config.into(),
+        updated_ms,
+    }
+}
+
+fn retry(destination: &str, seq: SeqNumber, attempts: u32, next_ms: i64) -> OutboxRetry {
+    OutboxRetry {
+        destination: destination.into(),
+        seq,
+        attempts,
+        next_ms,
+    }
+}
+
+/// An attempt as a batch carries it (`id` 0: the store assigns it).
+fn attempt(
+    destination: &str,
+    seq: SeqNumber,
+    n: u32,
+    outcome: &str,
+    at_ms: i64,
+) -> DeliveryAttempt {
+    DeliveryAttempt {
+        id: 0,
+        destination: destination.into(),
+        seq,
+        attempt: n,
+        at_ms,
+        duration_ms: 12,
+        status: (outcome != "failed").then_some(200),
+        outcome: outcome.into(),
+        detail: (outcome == "failed").then(|| "connection refused: Zoë's server".to_owned()),
+        next_ms: (outcome == "failed").then_some(at_ms + 5_000),
+    }
+}
+
+/// The attempts as read back, without the ids the store gave them.
+fn without_ids(mut attempts: Vec<DeliveryAttempt>) -> Vec<DeliveryAttempt> {
+    for attempt in &mut attempts {
+        attempt.id = 0;
+    }
+    attempts
+}
+
+/// Integrations are kept by kind and name: a put replaces, a delete removes, others stay.
+pub async fn integrations_are_put_replaced_and_deleted(h: &dyn Harness) {
+    let s = h.fresh().await;
+    assert!(s.integrations().await.expect("integrations").is_empty());
+    let config = r#"{"url":"https://example.com/hook","secret":"whsec_x","note":"Zoë"}"#;
+    commit(
+        &*s,
+        Batch {
+            integrations_put: vec![
+                integration("webhook", "b", config, 1),
+                integration("webhook", "a", "{}", 2),
+                integration("connector", "a", "{\"preset\":\"hubspot\"}", 3),
+            ],
+            ..Batch::default()
+        },
+        "three integrations",
+    )
+    .await;
+    assert_eq!(
+        s.integrations().await.expect("integrations"),
+        vec![
+            integration("connector", "a", "{\"preset\":\"hubspot\"}", 3),
+            integration("webhook", "a", "{}", 2),
+            integration("webhook", "b", config, 1),
+        ],
+        "by kind, then name; the same name under two kinds is two integrations"
+    );
+    commit(
+        &*s,
+        Batch {
+            integrations_put: vec![integration("webhook", "a", "{\"v\":2}", 4)],
+            integrations_deleted: vec![
+                ("webhook".into(), "b".into()),
+                ("webhook".into(), "none".into()),
+            ],
+            ..Batch::default()
+        },
+        "a replace and a delete",
+    )
+    .await;
+    assert_eq!(
+        s.integrations().await.expect("integrations"),
+        vec![
+            integration("connector", "a", "{\"preset\":\"hubspot\"}", 3),
+            integration("webhook", "a", "{\"v\":2}", 4),
+        ],
+        "the put replaced, the delete removed, deleting a missing one is no error"
+    );
+}
+
+/// A cursor is set to exactly what the batch says (a replay moves it back); retries are
+/// replaced by destination and seq and cleared; attempts are listed newest first in pages;
+/// deleting a destination's outbox removes its rows only; old attempts are purged by age.
+pub async fn outbox_cursors_retries_and_attempts(h: &dyn Harness) {
+    let s = h.fresh().await;
+    commit(
+        &*s,
+        Batch {
+            outbox_cursors: vec![(OUTBOX_A.into(), 10), (OUTBOX_B.into(), 3)],
+            outbox_retries_set: vec![
+                retry(OUTBOX_A, 4, 1, 5_000),
+                retry(OUTBOX_A, 2, 2, 6_000),
+                retry(OUTBOX_B, 2, 1, 7_000),
+            ],
+            delivery_attempts: vec![
+                attempt(OUTBOX_A, 2, 1, "failed", 1_000),
+                attempt(OUTBOX_A, 2, 2, "failed", 2_000),
+                attempt(OUTBOX_A, 4, 1, "failed", 3_000),
+                attempt(OUTBOX_B, 2, 1, "failed", 4_000),
+            ],
+            ..Batch::default()
+        },
+        "cursors, retries and attempts",
+    )
+    .await;
+    assert_eq!(
+        s.outbox_cursors().await.expect("outbox_cursors"),
+        vec![(OUTBOX_B.to_string(), 3), (OUTBOX_A.to_string(), 10)],
+        "by destination"
+    );
+    assert_eq!(
+        s.outbox_retries(OUTBOX_A).await.expect("outbox_retries"),
+        vec![retry(OUTBOX_A, 2, 2, 6_000), retry(OUTBOX_A, 4, 1, 5_000)],
+        "a destination's retries only, by seq"
+    );
+    let newest_first = s
+        .delivery_attempts(OUTBOX_A, None, 2)
+        .await
+        .expect("delivery_attempts");
+    assert_eq!(
+        without_ids(newest_first.clone()),
+        vec![
+            attempt(OUTBOX_A, 4, 1, "failed", 3_000),
+            attempt(OUTBOX_A, 2, 2, "failed", 2_000)
+        ],
+        "newest first, at most the limit"
+    );
+    assert!(
+        newest_first[0].id > newest_first[1].id,
+        "ids increase with recording"
+    );
+    let next_page = s
+        .delivery_attempts(OUTBOX_A, Some(newest_first[1].id), 10)
+        .await
+        .expect("delivery_attempts");
+    assert_eq!(
+        without_ids(next_page),
+        vec![attempt(OUTBOX_A, 2, 1, "failed", 1_000)],
+        "the page before an id"
+    );
+
+    commit(
+        &*s,
+        Batch {
+            outbox_cursors: vec![(OUTBOX_A.into(), 1)],
+            outbox_retries_set: vec![retry(OUTBOX_A, 2, 3, 60_000)],
+            outbox_retries_cleared: vec![(OUTBOX_A.into(), 4), (OUTBOX_A.into(), 99)],
+            delivery_attempts: vec![attempt(OUTBOX_A, 4, 2, "delivered", 5_000)],
+            ..Batch::default()
+        },
+        "a replay, a retry rescheduled and one done",
+    )
+    .await;
+    assert_eq!(
+        s.outbox_cursors().await.expect("outbox_cursors"),
+        vec![(OUTBOX_B.to_string(), 3), (OUTBOX_A.to_string(), 1)],
+        "a cursor moves back when told to"
+    );
+    assert_eq!(
+        s.outbox_retries(OUTBOX_A).await.expect("outbox_retries"),
+        vec![retry(OUTBOX_A, 2, 3, 60_000)]
+    );
+
+    commit(
+        &*s,
+        Batch {
+            outbox_deleted: vec![OUTBOX_B.into()],
+            delivery_attempts_before: Some(2_500),
+            ..Batch::default()
+        },
+        "one destination deleted, old attempts purged",
+    )
+    .await;
+    assert_eq!(
+        s.outbox_cursors().await.expect("outbox_cursors"),
+        vec![(OUTBOX_A.to_string(), 1)]
+    );
+    assert!(s
+        .outbox_retries(OUTBOX_B)
+        .await
+        .expect("outbox_retries")
+        .is_empty());
+    assert!(s
+        .delivery_attempts(OUTBOX_B, None, 10)
+        .await
+        .expect("delivery_attempts")
+        .is_empty());
+    assert_eq!(
+        without_ids(
+            s.delivery_attempts(OUTBOX_A, None, 10)
+                .await
+                .expect("delivery_attempts")
+        ),
+        vec![
+            attempt(OUTBOX_A, 4, 2, "delivered", 5_000),
+            attempt(OUTBOX_A, 4, 1, "failed", 3_000)
+        ],
+        "attempts from before 2,500 ms are gone, the others kept"
+    );
+}
+
+/// The outbox is durable like the log, and a batch that carries both is one transaction.
+pub async fn outbox_survives_reopen_and_commits_with_events(h: &dyn Harness) {
+    let s = h.fresh().await;
+    commit(
+        &*s,
+        Batch {
+            events: vec![event(1, "int-1", &[], "one"), event(2, "int-1", &[], "two")],
+            integrations_put: vec![integration("webhook", "a", "{\"url\":\"u\"}", 1)],
+            outbox_cursors: vec![(OUTBOX_A.into(), 1)],
+            outbox_retries_set: vec![retry(OUTBOX_A, 1, 1, 9_000)],
+            delivery_attempts: vec![attempt(OUTBOX_A, 1, 1, "failed", 1_000)],
+            ..Batch::default()
+        },
+        "events with outbox rows",
+    )
+    .await;
+    let before = snapshot(&*s).await;
+    let s = h.reopen(s).await;
+    assert_eq!(
+        snapshot(&*s).await,
+        before,
+        "everything is there after a reopen"
+    );
+    assert!(s
+        .delivery_attempts(OUTBOX_A, None, 10)
+        .await
+        .expect("delivery_attempts")
+        .iter()
+        .all(|a| a.id > 0));
+    // A batch refused for its events writes none of its outbox rows.
+    let refused = Batch {
+        events: vec![event(5, "int-1", &[], "gap")],
+        outbox_cursors: vec![(OUTBOX_A.into(), 2)],
+        outbox_retries_cleared: vec![(OUTBOX_A.into(), 1)],
+        ..Batch::default()
+    };
+    expect_refused(
+        s.commit(refused).await,
+        3,
+        5,
+        "a batch with a gap and outbox rows",
+    );
+    assert_eq!(
+        snapshot(&*s).await,
+        before,
+        "the refused batch wrote nothing"
+    );
 }

@@ -1,5 +1,6 @@
 //! The durable store: an append-only event log plus the few rows that are not events
-//! (API keys, idempotency records, ack cursors, offer deadlines), behind one `Store` trait.
+//! (API keys, idempotency records, ack cursors, offer deadlines, integrations and their
+//! outbox), behind one `Store` trait.
 //!
 //! The store knows nothing of HTTP, JSON or the domain: an event is a `seq`, a type name, a
 //! subject, a time, the agents it is for and an opaque text payload. Every `commit` is one
@@ -94,6 +95,50 @@ pub struct OfferDeadline {
     pub expires_ms: i64,
 }
 
+/// An integration's configuration (a webhook, a CRM connector) as the API stored it, by kind
+/// and name; `config` is opaque text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrationRecord {
+    /// `webhook`, `connector`, ...
+    pub kind: String,
+    pub name: String,
+    pub config: String,
+    pub updated_ms: i64,
+}
+
+/// A delivery of one event to one outbox destination that failed and waits to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRetry {
+    /// Who the event goes to, e.g. `webhook:crm-sync`.
+    pub destination: String,
+    pub seq: SeqNumber,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, milliseconds since the Unix epoch.
+    pub next_ms: i64,
+}
+
+/// One attempt to deliver an event to an outbox destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// Assigned by the store, increasing: the order attempts were recorded in. 0 in a batch.
+    pub id: i64,
+    pub destination: String,
+    pub seq: SeqNumber,
+    /// 1 for the first attempt at this event.
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub duration_ms: i64,
+    /// The HTTP status, when the destination answered.
+    pub status: Option<u16>,
+    /// `delivered`, `failed` (to be retried), `gave_up` or `disabled`.
+    pub outcome: String,
+    /// What went wrong, in a sentence.
+    pub detail: Option<String>,
+    /// When the next attempt is due, after a failure.
+    pub next_ms: Option<i64>,
+}
+
 /// Everything one commit writes, in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -111,6 +156,23 @@ pub struct Batch {
     pub keys_revoked: Vec<String>,
     /// Agent ids whose ack cursor is deleted (the agent was deleted).
     pub acks_deleted: Vec<String>,
+    /// Integrations created or replaced (keyed by kind and name).
+    pub integrations_put: Vec<IntegrationRecord>,
+    /// Integrations `(kind, name)` deleted.
+    pub integrations_deleted: Vec<(String, String)>,
+    /// Outbox cursors `(destination, seq)` set to exactly this value: every event up to it was
+    /// delivered, given up on, or waits in the retries. It may move back (a replay).
+    pub outbox_cursors: Vec<(String, SeqNumber)>,
+    /// Retries to insert or replace (keyed by destination and seq).
+    pub outbox_retries_set: Vec<OutboxRetry>,
+    /// Retries `(destination, seq)` that are done.
+    pub outbox_retries_cleared: Vec<(String, SeqNumber)>,
+    /// Attempts to record (their `id` is assigned by the store).
+    pub delivery_attempts: Vec<DeliveryAttempt>,
+    /// Destinations whose cursor, retries and attempts all go (the integration was deleted).
+    pub outbox_deleted: Vec<String>,
+    /// Attempts recorded before this time (milliseconds since the epoch) are deleted.
+    pub delivery_attempts_before: Option<i64>,
 }
 
 impl Batch {
@@ -164,4 +226,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes idempotency records created before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError>;
     async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError>;
+    /// Every integration, by kind then name.
+    async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError>;
+    /// Every outbox cursor `(destination, seq)`, by destination.
+    async fn outbox_cursors(&self) -> Result<Vec<(String, SeqNumber)>, StoreError>;
+    /// The retries waiting for `destination`, by seq.
+    async fn outbox_retries(&self, destination: &str) -> Result<Vec<OutboxRetry>, StoreError>;
+    /// The attempts recorded for `destination`, newest first, at most `limit`, only those with
+    /// an `id` below `before_id` when given (the next page).
+    async fn delivery_attempts(
+        &self,
+        destination: &str,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError>;
 }

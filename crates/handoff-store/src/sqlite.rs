@@ -20,8 +20,8 @@ use smallvec::SmallVec;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::{
-    Batch, Durability, IdempotencyRecord, KeyRecord, OfferDeadline, SeqNumber, Store, StoreError,
-    StoredEvent,
+    Batch, DeliveryAttempt, Durability, IdempotencyRecord, IntegrationRecord, KeyRecord,
+    OfferDeadline, OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
 };
 
 /// File name of the database inside the data directory.
@@ -29,7 +29,7 @@ const DB_FILE: &str = "handoff.db";
 
 /// `PRAGMA user_version` of the schema this build writes. A database with a higher version was
 /// written by a newer build and is refused rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Bound on queued commits: beyond it, committers wait, which pushes back on whoever produces
 /// events faster than the disk can take them.
@@ -135,6 +135,47 @@ CREATE TABLE keys (
 );
 ";
 
+/// Integrations and their outbox (schema version 3): a new database gets them with the rest, an
+/// older one on migration.
+const INTEGRATIONS: &str = "
+CREATE TABLE integrations (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
+
+CREATE TABLE outbox_cursors (
+    destination TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE outbox_retries (
+    destination TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL,
+    PRIMARY KEY (destination, seq)
+) WITHOUT ROWID;
+
+-- Appended in order; read newest first per destination, purged by age.
+CREATE TABLE delivery_attempts (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status INTEGER,
+    outcome TEXT NOT NULL,
+    detail TEXT,
+    next_ms INTEGER
+);
+CREATE INDEX delivery_attempts_destination_id ON delivery_attempts (destination, id);
+CREATE INDEX delivery_attempts_at_ms ON delivery_attempts (at_ms);
+";
+
 /// From schema version 1: each event's agents move into its row (from `event_agents`, by
 /// position), the index that served reading them by seq goes, and the text-keyed tables become
 /// WITHOUT ROWID. One transaction with the version change.
@@ -172,7 +213,8 @@ const AGENT_SEPARATOR: char = '\n';
 /// What the writer thread is asked to do. Purging is a write too, so it queues with commits.
 enum Request {
     Commit {
-        batch: Batch,
+        /// Boxed: a batch is most of a request, and the queue holds a thousand.
+        batch: Box<Batch>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Purge {
@@ -379,7 +421,11 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let (reply, answer) = oneshot::channel();
-        self.enqueue(Request::Commit { batch, reply }).await?;
+        self.enqueue(Request::Commit {
+            batch: Box::new(batch),
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -498,6 +544,89 @@ impl Store for SqliteStore {
         let (reply, answer) = oneshot::channel();
         self.enqueue(Request::Purge { before_ms, reply }).await?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError> {
+        self.read("reading integrations", |conn| {
+            conn.prepare_cached(
+                "SELECT kind, name, config, updated_ms FROM integrations ORDER BY kind, name",
+            )?
+            .query_map([], |row| {
+                Ok(IntegrationRecord {
+                    kind: row.get(0)?,
+                    name: row.get(1)?,
+                    config: row.get(2)?,
+                    updated_ms: row.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn outbox_cursors(&self) -> Result<Vec<(String, SeqNumber)>, StoreError> {
+        self.read("reading outbox cursors", |conn| {
+            conn.prepare_cached("SELECT destination, seq FROM outbox_cursors ORDER BY destination")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn outbox_retries(&self, destination: &str) -> Result<Vec<OutboxRetry>, StoreError> {
+        let destination = destination.to_owned();
+        self.read("reading outbox retries", move |conn| {
+            conn.prepare_cached(
+                "SELECT destination, seq, attempts, next_ms FROM outbox_retries
+                 WHERE destination = ?1 ORDER BY seq",
+            )?
+            .query_map(params![destination], |row| {
+                Ok(OutboxRetry {
+                    destination: row.get(0)?,
+                    seq: row.get(1)?,
+                    attempts: row.get(2)?,
+                    next_ms: row.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delivery_attempts(
+        &self,
+        destination: &str,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        let destination = destination.to_owned();
+        self.read("reading delivery attempts", move |conn| {
+            conn.prepare_cached(
+                "SELECT id, destination, seq, attempt, at_ms, duration_ms, status, outcome,
+                        detail, next_ms
+                 FROM delivery_attempts WHERE destination = ?1 AND id < ?2
+                 ORDER BY id DESC LIMIT ?3",
+            )?
+            .query_map(
+                params![destination, before_id.unwrap_or(i64::MAX), sql_limit(limit)],
+                |row| {
+                    Ok(DeliveryAttempt {
+                        id: row.get(0)?,
+                        destination: row.get(1)?,
+                        seq: row.get(2)?,
+                        attempt: row.get(3)?,
+                        at_ms: row.get(4)?,
+                        duration_ms: row.get(5)?,
+                        status: row.get(6)?,
+                        outcome: row.get(7)?,
+                        detail: row.get(8)?,
+                        next_ms: row.get(9)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+        .await
     }
 
     async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
@@ -876,6 +1005,89 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
         }
     }
 
+    apply_integrations(conn, batch)
+}
+
+/// The integration and outbox rows of a batch, in the order of `Batch`'s fields.
+fn apply_integrations(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
+    for r in &batch.integrations_put {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO integrations (kind, name, config, updated_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut put| put.execute(params![r.kind, r.name, r.config, r.updated_ms]))
+        .map_err(fail(format_args!(
+            "writing integration {}/{}",
+            r.kind, r.name
+        )))?;
+    }
+    for (kind, name) in &batch.integrations_deleted {
+        conn.prepare_cached("DELETE FROM integrations WHERE kind = ?1 AND name = ?2")
+            .and_then(|mut delete| delete.execute(params![kind, name]))
+            .map_err(fail(format_args!("deleting integration {kind}/{name}")))?;
+    }
+    for (destination, seq) in &batch.outbox_cursors {
+        let seq = seq_value(*seq)?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO outbox_cursors (destination, seq) VALUES (?1, ?2)",
+        )
+        .and_then(|mut set| set.execute(params![destination, seq]))
+        .map_err(fail(format_args!(
+            "writing the outbox cursor of {destination}"
+        )))?;
+    }
+    for r in &batch.outbox_retries_set {
+        let seq = seq_value(r.seq)?;
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO outbox_retries (destination, seq, attempts, next_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut set| set.execute(params![r.destination, seq, r.attempts, r.next_ms]))
+        .map_err(fail(format_args!("writing a retry of {}", r.destination)))?;
+    }
+    for (destination, seq) in &batch.outbox_retries_cleared {
+        let seq = seq_value(*seq)?;
+        conn.prepare_cached("DELETE FROM outbox_retries WHERE destination = ?1 AND seq = ?2")
+            .and_then(|mut clear| clear.execute(params![destination, seq]))
+            .map_err(fail(format_args!("clearing a retry of {destination}")))?;
+    }
+    for a in &batch.delivery_attempts {
+        let seq = seq_value(a.seq)?;
+        conn.prepare_cached(
+            "INSERT INTO delivery_attempts
+             (destination, seq, attempt, at_ms, duration_ms, status, outcome, detail, next_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut insert| {
+            insert.execute(params![
+                a.destination,
+                seq,
+                a.attempt,
+                a.at_ms,
+                a.duration_ms,
+                a.status,
+                a.outcome,
+                a.detail,
+                a.next_ms
+            ])
+        })
+        .map_err(fail(format_args!(
+            "recording an attempt for {}",
+            a.destination
+        )))?;
+    }
+    for destination in &batch.outbox_deleted {
+        for table in ["outbox_cursors", "outbox_retries", "delivery_attempts"] {
+            conn.prepare_cached(&format!("DELETE FROM {table} WHERE destination = ?1"))
+                .and_then(|mut delete| delete.execute(params![destination]))
+                .map_err(fail(format_args!("deleting the outbox of {destination}")))?;
+        }
+    }
+    if let Some(before_ms) = batch.delivery_attempts_before {
+        conn.prepare_cached("DELETE FROM delivery_attempts WHERE at_ms < ?1")
+            .and_then(|mut purge| purge.execute(params![before_ms]))
+            .map_err(fail("purging old delivery attempts"))?;
+    }
     Ok(())
 }
 
@@ -1186,6 +1398,15 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         0 => {
             tx.execute_batch(SCHEMA)
                 .map_err(|e| format!("cannot create the schema: {e}"))?;
+            tx.execute_batch(INTEGRATIONS)
+                .map_err(|e| format!("cannot create the integration tables: {e}"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| format!("cannot record the schema version: {e}"))?;
+        }
+        2 => {
+            tracing::info!("store: moving the schema from version 2 to 3 (integration tables)");
+            tx.execute_batch(INTEGRATIONS)
+                .map_err(|e| format!("cannot move the schema from version 2 to 3: {e}"))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| format!("cannot record the schema version: {e}"))?;
         }
@@ -1198,6 +1419,8 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             let started = Instant::now();
             tx.execute_batch(MIGRATE_1_TO_2)
                 .map_err(|e| format!("cannot move the schema from version 1 to 2: {e}"))?;
+            tx.execute_batch(INTEGRATIONS)
+                .map_err(|e| format!("cannot move the schema from version 2 to 3: {e}"))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| format!("cannot record the schema version: {e}"))?;
             tracing::info!(

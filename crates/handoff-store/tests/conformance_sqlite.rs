@@ -159,13 +159,13 @@ fn newer_schema_is_refused() {
     let db = root.path().join("handoff.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .pragma_update(None, "user_version", 3)
+        .pragma_update(None, "user_version", 4)
         .unwrap();
 
     match SqliteStore::open(root.path(), Durability::Fsync) {
         Err(StoreError::Open { reason, .. }) => {
             assert!(
-                reason.contains("schema version is 3"),
+                reason.contains("schema version is 4"),
                 "unclear reason: {reason}"
             )
         }
@@ -183,7 +183,7 @@ fn reopening_keeps_the_schema() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -548,7 +548,7 @@ async fn a_version_1_database_opens_with_everything_it_held() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2, "the database is at the new version");
+    assert_eq!(version, 3, "the database is at the new version");
     let sql = |name: &str| -> Option<String> {
         conn.query_row(
             "SELECT sql FROM sqlite_schema WHERE name = ?1",
@@ -562,8 +562,56 @@ async fn a_version_1_database_opens_with_everything_it_held() {
         None,
         "the by-seq index is gone"
     );
-    for table in ["acks", "offer_deadlines"] {
+    for table in ["acks", "offer_deadlines", "integrations", "outbox_retries"] {
         let text = sql(table).unwrap_or_else(|| panic!("{table} is missing"));
         assert!(text.contains("WITHOUT ROWID"), "{table} is now: {text}");
     }
+}
+
+/// A version 2 database (before integrations) gains the integration and outbox tables on open,
+/// keeps its log, and takes outbox rows at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_gains_the_outbox_and_keeps_its_log() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(root.path(), Durability::Fsync).expect("open");
+        commit_one(
+            &store,
+            StoredEvent {
+                seq: 1,
+                event_type: "interaction.created".into(),
+                subject: "int-1".into(),
+                time_ms: 10,
+                agents: vec![],
+                payload: "{}".into(),
+            },
+        )
+        .await;
+    }
+    {
+        // What a version 2 build left: no integration tables.
+        let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE integrations; DROP TABLE outbox_cursors; DROP TABLE outbox_retries;
+             DROP TABLE delivery_attempts; PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(root.path(), Durability::Fsync).expect("opening a v2 database");
+    assert_eq!(store.head().await.expect("head"), 1, "the log is kept");
+    let batch = handoff_store::Batch {
+        outbox_cursors: vec![("webhook:a".into(), 1)],
+        ..handoff_store::Batch::default()
+    };
+    store.commit(batch).await.expect("an outbox cursor commits");
+    assert_eq!(
+        store.outbox_cursors().await.expect("outbox_cursors"),
+        vec![("webhook:a".to_string(), 1)]
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
 }

@@ -11,8 +11,8 @@ use handoff_api::engine::EngineError;
 use handoff_api::{ApiSettings, Running};
 use handoff_core::{AgentId, AgentProfile, Capacity, Command, PresenceSource, PresenceStatus};
 use handoff_store::{
-    Batch, Durability, IdempotencyRecord, KeyRecord, OfferDeadline, SeqNumber, Store, StoreEngine,
-    StoreError, StoredEvent,
+    Batch, DeliveryAttempt, Durability, IdempotencyRecord, IntegrationRecord, KeyRecord,
+    OfferDeadline, OutboxRetry, SeqNumber, Store, StoreEngine, StoreError, StoredEvent,
 };
 use tokio::sync::oneshot;
 
@@ -98,6 +98,25 @@ impl Store for FlakyStore {
     }
     async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
         self.inner.offer_deadlines().await
+    }
+    async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError> {
+        self.inner.integrations().await
+    }
+    async fn outbox_cursors(&self) -> Result<Vec<(String, SeqNumber)>, StoreError> {
+        self.inner.outbox_cursors().await
+    }
+    async fn outbox_retries(&self, destination: &str) -> Result<Vec<OutboxRetry>, StoreError> {
+        self.inner.outbox_retries(destination).await
+    }
+    async fn delivery_attempts(
+        &self,
+        destination: &str,
+        before_id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        self.inner
+            .delivery_attempts(destination, before_id, limit)
+            .await
     }
 }
 
