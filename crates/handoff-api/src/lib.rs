@@ -5,8 +5,10 @@
 pub mod auth;
 pub mod calendar;
 pub mod connections;
+pub mod egress;
 pub mod engine;
 pub mod error;
+pub mod integrations;
 pub mod json;
 pub mod metrics_setup;
 pub mod openapi;
@@ -51,6 +53,10 @@ pub struct ApiSettings {
     pub ended_interactions_kept: Duration,
     /// Requests each key or session may make; None: no limit.
     pub rate_limit: Option<rate_limit::RateLimit>,
+    /// What connectors and webhooks may reach although loopback or private (`egress_allow`).
+    pub egress_allow: Vec<String>,
+    /// Retries, attempts kept and deliveries in flight of webhooks and call logs.
+    pub outbox: integrations::outbox::OutboxSettings,
 }
 
 impl ApiSettings {
@@ -73,6 +79,8 @@ impl Default for ApiSettings {
             pop_url: None,
             rate_limit: None,
             ended_interactions_kept: Duration::from_secs(25 * 60 * 60),
+            egress_allow: Vec::new(),
+            outbox: integrations::outbox::OutboxSettings::default(),
         }
     }
 }
@@ -89,6 +97,7 @@ pub struct AppState {
     pub shutdown: Shutdown,
     pub stats_history: Arc<stats_history::StatsHistory>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    pub integrations: Arc<integrations::Integrations>,
 }
 
 /// A recovered, running API: its router, and how to stop it.
@@ -135,7 +144,20 @@ impl Running {
             connections.start_grace(agent);
         }
         let rate_limiter = Arc::new(rate_limit::RateLimiter::new(settings.rate_limit));
+        let egress = egress::EgressPolicy::parse(&settings.egress_allow)
+            .map_err(|reason| anyhow::anyhow!(reason))?;
+        let integrations = integrations::Integrations::start(
+            store.clone(),
+            shared.clone(),
+            shutdown.clone(),
+            integrations::IntegrationSettings {
+                egress,
+                outbox: settings.outbox.clone(),
+            },
+        )
+        .await?;
         let state = AppState {
+            integrations,
             engine,
             shared,
             store,
@@ -158,10 +180,12 @@ impl Running {
         routes::router(self.state.clone())
     }
 
-    /// Stops streams, timers and the engine; waits for the engine's last commit.
+    /// Stops streams, timers, the engine and the outbox workers; waits for the engine's last
+    /// commit and for each worker to write where it stopped.
     pub async fn shutdown(self) {
         self.trigger.fire();
         let _ = self.engine_task.await;
+        self.state.integrations.stop().await;
     }
 
     pub fn shutdown_signal(&self) -> Shutdown {

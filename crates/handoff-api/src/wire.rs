@@ -465,7 +465,7 @@ pub fn cloud_event(
 ) -> wire::CloudEvent {
     wire::CloudEvent {
         specversion: "1.0".to_owned(),
-        id: format!("handoff-{seq}"),
+        id: event_id(seq),
         source: "handoff".to_owned(),
         event_type: event.type_name().to_owned(),
         time: format_time(event.time()),
@@ -526,12 +526,23 @@ struct DirectCloudEvent<'a> {
     data: DirectData<'a>,
 }
 
+/// An event's CloudEvents `id` (and its webhooks' `webhook-id`).
+pub fn event_id(seq: u64) -> String {
+    EventId(seq).to_string()
+}
+
 /// `handoff-<seq>`, written without a `String` of its own.
 struct EventId(u64);
 
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "handoff-{}", self.0)
+    }
+}
+
 impl serde::Serialize for EventId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("handoff-{}", self.0))
+        serializer.collect_str(self)
     }
 }
 

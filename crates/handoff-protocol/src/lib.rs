@@ -559,6 +559,131 @@ pub struct CloudEvent {
     pub data: Value,
 }
 
+// ----- webhooks -----------------------------------------------------------------------------
+
+/// `PUT /v1/webhooks/{name}`: where to send events, which ones, and how to sign them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PutWebhookRequest {
+    /// An `http://` or `https://` URL. One that is loopback, private, link-local or a cloud
+    /// metadata address is refused unless `egress_allow` names it.
+    pub url: String,
+    /// Event types to send: exact (`interaction.offered`), a prefix (`interaction.*`), or `*`
+    /// for all. Default `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
+    /// The signing secret, `whsec_` and 24 to 64 random bytes in base64 (Standard Webhooks).
+    /// Absent on create: the server makes one and returns it once. A new one on update starts
+    /// a rotation: deliveries carry a signature with each secret until the old one expires
+    /// (24 h later). Absent on update: the secret stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Default true. A PUT with `true` also re-enables a webhook disabled by a 410.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Deliveries in flight at once, 1..=64 (default 8). Events are sent in `seq` order, but
+    /// with more than one in flight they may arrive out of it: order them by `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<i64>,
+    /// How long one delivery may take, 100..=60000 ms (default 15000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A webhook as returned (never with its secret, except once when the server made it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WebhookView {
+    pub name: String,
+    pub url: String,
+    pub types: Vec<String>,
+    /// Whether it is sent events: enabled, and not disabled by a 410.
+    pub active: bool,
+    pub enabled: bool,
+    /// Set when the receiver answered 410 Gone: when, and what it said. A PUT re-enables it.
+    pub disabled_at: Option<String>,
+    pub disabled_reason: Option<String>,
+    pub max_in_flight: i64,
+    pub timeout_ms: i64,
+    pub description: Option<String>,
+    /// Only in the answer that created the secret (a create without one): keep it, it is not
+    /// shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// During a rotation: when the previous secret stops signing deliveries.
+    pub previous_secret_expires_at: Option<String>,
+    /// Every event up to this `seq` was delivered, given up on, or waits in `pending_retries`.
+    pub cursor_seq: u64,
+    pub head_seq: u64,
+    pub pending_retries: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// One attempt to deliver an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeliveryAttemptView {
+    /// Orders attempts; `?before=` pages back from one.
+    pub id: i64,
+    pub seq: u64,
+    /// The `webhook-id` the delivery carried: the event's id, the same on every attempt.
+    pub webhook_id: String,
+    /// 1 for the first attempt at this event.
+    pub attempt: u32,
+    pub at: String,
+    pub duration_ms: i64,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// `delivered`, `failed` (to be retried at `next_attempt_at`), `gave_up` (the retry
+    /// schedule ran out) or `disabled` (410 Gone).
+    pub outcome: String,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<String>,
+}
+
+/// An event whose delivery failed and waits for its next attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct PendingDeliveryView {
+    pub seq: u64,
+    pub webhook_id: String,
+    pub attempts: u32,
+    pub next_attempt_at: String,
+}
+
+/// `GET /v1/webhooks/{name}/deliveries`: recent attempts, newest first, and what waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WebhookDeliveries {
+    pub webhook: String,
+    pub attempts: Vec<DeliveryAttemptView>,
+    pub pending: Vec<PendingDeliveryView>,
+    pub cursor_seq: u64,
+    pub head_seq: u64,
+    /// `?before=` for the next page of older attempts; null at the end.
+    pub next_before: Option<i64>,
+}
+
+/// `POST /v1/webhooks/{name}/replay?after=SEQ`: every wanted event after `after` is sent again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct WebhookReplay {
+    pub webhook: String,
+    pub after: u64,
+    /// The log's head when the replay was asked for; later events follow as ever.
+    pub head_seq: u64,
+}
+
 /// What an agent desktop sends on its stream to acknowledge events up to `ack` (cumulative).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckFrame {

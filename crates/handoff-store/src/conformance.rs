@@ -1462,7 +1462,7 @@ pub async fn integrations_are_put_replaced_and_deleted(h: &dyn Harness) {
 
 /// A cursor is set to exactly what the batch says (a replay moves it back); retries are
 /// replaced by destination and seq and cleared; attempts are listed newest first in pages;
-/// deleting a destination's outbox removes its rows only; old attempts are purged by age.
+/// deleting a destination's outbox removes its rows only; trimming keeps the newest attempts.
 pub async fn outbox_cursors_retries_and_attempts(h: &dyn Harness) {
     let s = h.fresh().await;
     commit(
@@ -1547,10 +1547,10 @@ pub async fn outbox_cursors_retries_and_attempts(h: &dyn Harness) {
         &*s,
         Batch {
             outbox_deleted: vec![OUTBOX_B.into()],
-            delivery_attempts_before: Some(2_500),
+            delivery_attempts_trimmed: vec![(OUTBOX_A.into(), 2), ("webhook:none".into(), 5)],
             ..Batch::default()
         },
-        "one destination deleted, old attempts purged",
+        "one destination deleted, the other's attempts trimmed to two",
     )
     .await;
     assert_eq!(
@@ -1577,7 +1577,7 @@ pub async fn outbox_cursors_retries_and_attempts(h: &dyn Harness) {
             attempt(OUTBOX_A, 4, 2, "delivered", 5_000),
             attempt(OUTBOX_A, 4, 1, "failed", 3_000)
         ],
-        "attempts from before 2,500 ms are gone, the others kept"
+        "the two newest attempts are kept, the older ones gone"
     );
 }
 

@@ -171,8 +171,8 @@ pub struct Batch {
     pub delivery_attempts: Vec<DeliveryAttempt>,
     /// Destinations whose cursor, retries and attempts all go (the integration was deleted).
     pub outbox_deleted: Vec<String>,
-    /// Attempts recorded before this time (milliseconds since the epoch) are deleted.
-    pub delivery_attempts_before: Option<i64>,
+    /// `(destination, kept)`: of the destination's attempts, only the newest `kept` stay.
+    pub delivery_attempts_trimmed: Vec<(String, u64)>,
 }
 
 impl Batch {

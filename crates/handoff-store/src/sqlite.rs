@@ -159,7 +159,7 @@ CREATE TABLE outbox_retries (
     PRIMARY KEY (destination, seq)
 ) WITHOUT ROWID;
 
--- Appended in order; read newest first per destination, purged by age.
+-- Appended in order; read newest first per destination, trimmed to the newest few.
 CREATE TABLE delivery_attempts (
     id INTEGER PRIMARY KEY,
     destination TEXT NOT NULL,
@@ -173,7 +173,6 @@ CREATE TABLE delivery_attempts (
     next_ms INTEGER
 );
 CREATE INDEX delivery_attempts_destination_id ON delivery_attempts (destination, id);
-CREATE INDEX delivery_attempts_at_ms ON delivery_attempts (at_ms);
 ";
 
 /// From schema version 1: each event's agents move into its row (from `event_agents`, by
@@ -1083,10 +1082,15 @@ fn apply_integrations(conn: &Connection, batch: &Batch) -> Result<(), StoreError
                 .map_err(fail(format_args!("deleting the outbox of {destination}")))?;
         }
     }
-    if let Some(before_ms) = batch.delivery_attempts_before {
-        conn.prepare_cached("DELETE FROM delivery_attempts WHERE at_ms < ?1")
-            .and_then(|mut purge| purge.execute(params![before_ms]))
-            .map_err(fail("purging old delivery attempts"))?;
+    for (destination, kept) in &batch.delivery_attempts_trimmed {
+        let kept = i64::try_from(*kept).unwrap_or(i64::MAX);
+        conn.prepare_cached(
+            "DELETE FROM delivery_attempts WHERE destination = ?1 AND id <= (
+                 SELECT id FROM delivery_attempts WHERE destination = ?1
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .and_then(|mut trim| trim.execute(params![destination, kept]))
+        .map_err(fail(format_args!("trimming the attempts of {destination}")))?;
     }
     Ok(())
 }

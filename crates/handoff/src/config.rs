@@ -41,6 +41,12 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Hosts or CIDRs that connectors and webhooks may reach although loopback or private.
     pub egress_allow: Vec<String>,
+    /// Seconds before each retry of a failed webhook delivery or call log; after the last, the
+    /// event is given up on. Default Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h,
+    /// 5 h, 10 h, 14 h, 20 h, 24 h (each with ±20 % jitter; a `Retry-After` wins).
+    pub outbox_retry_schedule_s: Vec<f64>,
+    /// Delivery attempts kept on record per webhook or connector, newest first.
+    pub outbox_attempts_kept: u64,
     /// Seconds between WebSocket pings on agent streams.
     pub ping_interval_s: u64,
     /// Log filter, e.g. `info` or `handoff_api=debug,info`.
@@ -81,6 +87,12 @@ impl Default for Config {
             timezone: "UTC".to_owned(),
             allowed_origins: Vec::new(),
             egress_allow: Vec::new(),
+            outbox_retry_schedule_s: handoff_api::integrations::outbox::OutboxSettings::default()
+                .retry_schedule
+                .iter()
+                .map(|wait| wait.as_secs_f64())
+                .collect(),
+            outbox_attempts_kept: 1000,
             ping_interval_s: 15,
             log: "info".to_owned(),
             pop_url: None,
@@ -180,7 +192,8 @@ impl Config {
             ping_interval_s,
             ended_interactions_kept_s,
             rate_limit_per_key,
-            rate_limit_burst
+            rate_limit_burst,
+            outbox_attempts_kept
         );
         if let Some(v) = get(env, "listen") {
             self.listen = v.to_owned();
@@ -202,6 +215,12 @@ impl Config {
         }
         if let Some(v) = get(env, "egress_allow") {
             self.egress_allow = list(v);
+        }
+        if let Some(v) = get(env, "outbox_retry_schedule_s") {
+            self.outbox_retry_schedule_s = list(v)
+                .iter()
+                .map(|item| number("outbox_retry_schedule_s", item))
+                .collect::<anyhow::Result<_>>()?;
         }
         if let Some(v) = get(env, "log") {
             self.log = v.to_owned();
@@ -229,6 +248,9 @@ impl Config {
             bail!("ping_interval_s must be at least 1");
         }
         self.zone()?;
+        handoff_api::egress::EgressPolicy::parse(&self.egress_allow)
+            .map_err(|reason| anyhow::anyhow!(reason))?;
+        self.outbox_settings()?;
         if let Some(template) = &self.pop_url {
             handoff_api::pop_url::check(template)
                 .map_err(|reason| anyhow::anyhow!("pop_url: {reason}"))?;
@@ -255,6 +277,32 @@ impl Config {
                 0 => self.rate_limit_per_key.saturating_mul(2),
                 burst => burst,
             },
+        })
+    }
+
+    /// Retries and records of webhook deliveries and call logs.
+    pub fn outbox_settings(
+        &self,
+    ) -> anyhow::Result<handoff_api::integrations::outbox::OutboxSettings> {
+        if self.outbox_retry_schedule_s.len() > 32 {
+            bail!("outbox_retry_schedule_s: at most 32 retries");
+        }
+        let mut retry_schedule = Vec::with_capacity(self.outbox_retry_schedule_s.len());
+        for (index, seconds) in self.outbox_retry_schedule_s.iter().enumerate() {
+            if !seconds.is_finite() || *seconds < 0.0 || *seconds > 7.0 * 86_400.0 {
+                bail!(
+                    "outbox_retry_schedule_s[{index}]: {seconds} is not from 0 to 604800 seconds"
+                );
+            }
+            retry_schedule.push(std::time::Duration::from_secs_f64(*seconds));
+        }
+        if self.outbox_attempts_kept == 0 {
+            bail!("outbox_attempts_kept must be at least 1");
+        }
+        Ok(handoff_api::integrations::outbox::OutboxSettings {
+            retry_schedule,
+            attempts_kept: self.outbox_attempts_kept,
+            ..handoff_api::integrations::outbox::OutboxSettings::default()
         })
     }
 
@@ -410,6 +458,43 @@ mod tests {
             error.to_string().contains("HANDOFF_RATE_LIMIT_PER_KEY"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_outbox_retries_on_standard_webhooks_schedule_unless_told_otherwise() {
+        let config = load_env(&[]).unwrap();
+        let waits: Vec<u64> = config
+            .outbox_settings()
+            .unwrap()
+            .retry_schedule
+            .iter()
+            .map(|w| w.as_secs())
+            .collect();
+        assert_eq!(
+            waits,
+            [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        );
+        let config = load_env(&[("HANDOFF_OUTBOX_RETRY_SCHEDULE_S", "0.5, 2, 10")]).unwrap();
+        let waits: Vec<u128> = config
+            .outbox_settings()
+            .unwrap()
+            .retry_schedule
+            .iter()
+            .map(|w| w.as_millis())
+            .collect();
+        assert_eq!(waits, [500, 2000, 10000]);
+        for (value, expected) in [
+            ("soon", "HANDOFF_OUTBOX_RETRY_SCHEDULE_S"),
+            ("-1", "outbox_retry_schedule_s[0]"),
+        ] {
+            let error = load_env(&[("HANDOFF_OUTBOX_RETRY_SCHEDULE_S", value)]).unwrap_err();
+            assert!(
+                format!("{error:#}").contains(expected),
+                "{value}: {error:#}"
+            );
+        }
+        let error = load_env(&[("HANDOFF_EGRESS_ALLOW", "10.0.0.0/8, not a host!")]).unwrap_err();
+        assert!(format!("{error:#}").contains("egress_allow"), "{error:#}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
         },
         pop_url: config.pop_url.clone(),
         rate_limit: config.rate_limit(),
+        egress_allow: config.egress_allow.clone(),
+        outbox: config.outbox_settings()?,
         ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
     };
     let running = Running::start(store, settings)

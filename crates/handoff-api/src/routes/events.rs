@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
+use crate::integrations::TypeFilter;
 use crate::AppState;
 
 const REPLAY_PAGE: usize = 500;
@@ -23,23 +24,6 @@ const REPLAY_PAGE: usize = 500;
 pub struct EventsQuery {
     after: Option<String>,
     types: Option<String>,
-}
-
-/// `interaction.offered` matches itself; `agent.*` matches every type that starts `agent.`.
-#[derive(Clone)]
-struct TypeFilter(Vec<String>);
-
-impl TypeFilter {
-    fn matches(&self, event_type: &str) -> bool {
-        self.0.is_empty()
-            || self
-                .0
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => event_type.starts_with(prefix),
-                    None => pattern == event_type,
-                })
-    }
 }
 
 #[utoipa::path(

@@ -576,17 +576,7 @@ pub async fn list(
                 .with_field("state")
         })?),
     };
-    let limit = match query.limit.as_deref() {
-        None | Some("") => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_field", "limit: an integer from 1 to 1000")
-                    .with_field("limit")
-            })?,
-    };
+    let limit = super::list_limit(query.limit.as_deref())?;
     let committed = state.shared.state();
     let mut viewer = Viewer::new(&state, &committed);
     let interactions = committed

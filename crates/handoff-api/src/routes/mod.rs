@@ -8,6 +8,7 @@ pub(crate) mod queues;
 pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod system;
+pub(crate) mod webhooks;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
@@ -78,6 +79,15 @@ pub fn router(state: AppState) -> Router {
             get(queues::stats_history),
         )
         .route("/v1/events", get(events::stream))
+        .route("/v1/webhooks", get(webhooks::list))
+        .route(
+            "/v1/webhooks/{name}",
+            put(webhooks::put)
+                .get(webhooks::get)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{name}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{name}/replay", post(webhooks::replay))
         .route("/v1/signin-links", post(session::create_signin_link))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -153,6 +163,21 @@ fn interaction_id(text: &str) -> Result<InteractionId, ApiError> {
         ApiError::unprocessable("invalid_id", format!("interaction_id: {error}"))
             .with_field("interaction_id")
     })
+}
+
+/// A list's `?limit=`: 1..=1000, 100 when absent.
+fn list_limit(text: Option<&str>) -> Result<usize, ApiError> {
+    match text {
+        None | Some("") => Ok(100),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_field", "limit: an integer from 1 to 1000")
+                    .with_field("limit")
+            }),
+    }
 }
 
 /// Reads a JSON body after the handler has checked who may call it.

@@ -12,8 +12,10 @@ mod pop_url;
 mod presence;
 mod queues;
 mod rate_limit;
+mod receiver;
 mod replay;
 mod stream_lifecycle;
 mod web;
+mod webhooks;
 
 pub mod support;
