@@ -57,6 +57,9 @@ pub struct ApiSettings {
     pub egress_allow: Vec<String>,
     /// Retries, attempts kept and deliveries in flight of webhooks and call logs.
     pub outbox: integrations::outbox::OutboxSettings,
+    /// How long a create waits for CRM lookups: an answer in time rides in the offer, a later
+    /// one follows as `interaction.enriched`.
+    pub enrich_wait: Duration,
 }
 
 impl ApiSettings {
@@ -81,6 +84,7 @@ impl Default for ApiSettings {
             ended_interactions_kept: Duration::from_secs(25 * 60 * 60),
             egress_allow: Vec::new(),
             outbox: integrations::outbox::OutboxSettings::default(),
+            enrich_wait: Duration::from_millis(150),
         }
     }
 }
@@ -153,6 +157,8 @@ impl Running {
             integrations::IntegrationSettings {
                 egress,
                 outbox: settings.outbox.clone(),
+                enrich_wait: settings.enrich_wait,
+                core: settings.core.clone(),
             },
         )
         .await?;

@@ -211,8 +211,8 @@ fn describe(error: &minijinja::Error) -> String {
     format!("{error}{hint}")
 }
 
-/// The context JSON as template values. Object order does not matter to a URL.
-fn to_jinja(value: &Value) -> Jinja {
+/// JSON as template values (a context, a CRM's fields). Object order is not kept.
+pub fn to_jinja(value: &Value) -> Jinja {
     match value {
         Value::Null => Jinja::from(()),
         Value::Bool(flag) => Jinja::from(*flag),

@@ -645,7 +645,8 @@ pub struct DeliveryAttemptView {
     /// The receiver's HTTP status, when it answered.
     pub status: Option<u16>,
     /// `delivered`, `failed` (to be retried at `next_attempt_at`), `gave_up` (the retry
-    /// schedule ran out) or `disabled` (410 Gone).
+    /// schedule ran out), `disabled` (a webhook's 410 Gone) or `skipped` (a connector action
+    /// whose `when` did not hold).
     pub outcome: String,
     pub error: Option<String>,
     pub next_attempt_at: Option<String>,
@@ -661,11 +662,13 @@ pub struct PendingDeliveryView {
     pub next_attempt_at: String,
 }
 
-/// `GET /v1/webhooks/{name}/deliveries`: recent attempts, newest first, and what waits.
+/// `GET /v1/webhooks/{name}/deliveries` and `GET /v1/connectors/{name}/deliveries`: recent
+/// attempts, newest first, and what waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct WebhookDeliveries {
-    pub webhook: String,
+pub struct Deliveries {
+    /// The outbox destination: `webhook:<name>` or `connector:<name>:<action>`.
+    pub destination: String,
     pub attempts: Vec<DeliveryAttemptView>,
     pub pending: Vec<PendingDeliveryView>,
     pub cursor_seq: u64,
@@ -682,6 +685,148 @@ pub struct WebhookReplay {
     pub after: u64,
     /// The log's head when the replay was asked for; later events follow as ever.
     pub head_seq: u64,
+}
+
+// ----- CRM connectors -------------------------------------------------------------------------
+
+/// `PUT /v1/connectors/{name}`: a CRM the pops are enriched from and the call logs written to.
+/// A `preset` (`zendesk`, `salesforce`, `hubspot`) fills in `lookup`, `log` and `actions` from
+/// the CRM's documented API with its `settings`; any of them given here replaces the preset's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PutConnectorRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The preset's parameters (e.g. `subdomain` and `email` for Zendesk, `instance_url` for
+    /// Salesforce, `base_url` for any), also `settings.*` in templates. Never secrets: those
+    /// are `{{ secrets.NAME }}` in a template, read from `HANDOFF_SECRET_NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<BTreeMap<String, String>>,
+    /// How the caller is looked up when an interaction is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<ConnectorLookup>,
+    /// The request that writes the call log on `interaction.completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<ConnectorAction>,
+    /// Further requests made on events (e.g. Zendesk's screen pop on `interaction.accepted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<ConnectorAction>>,
+    /// handoff agent id to the CRM's user id (`agent.crm_id` in templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ids: Option<BTreeMap<String, String>>,
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// A lookup: the request (templates over the interaction) and which fields of its JSON answer
+/// the pop shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorLookup {
+    /// Default `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A template; every value is percent-encoded where it lands.
+    pub url: String,
+    /// Header templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// A JSON body template; every value is written as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// 1..=30000 ms, default 800.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    /// How long an answer is reused for the same request, 0..=86400 s (default 60; 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_s: Option<i64>,
+    /// Pop field name to a JSONPath (RFC 9535) into the answer; the first match is taken.
+    pub fields: BTreeMap<String, String>,
+    /// An expression; the lookup runs only when it holds (e.g. `caller`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// A request a connector makes on events, from the durable outbox (retried like webhooks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorAction {
+    /// `[a-z0-9_-]{1,32}`; the log's is `log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The event types it is made on (patterns as for webhooks); the log's is
+    /// `interaction.completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<String>>,
+    /// Default `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// 1..=60000 ms, default 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<i64>,
+    /// An expression; the request is made only when it holds, else it is recorded `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// A connector as returned: what was put, and what its preset filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConnectorView {
+    pub name: String,
+    pub preset: Option<String>,
+    pub settings: BTreeMap<String, String>,
+    pub lookup: Option<ConnectorLookup>,
+    pub log: Option<ConnectorAction>,
+    pub actions: Vec<ConnectorAction>,
+    pub agent_ids: BTreeMap<String, String>,
+    pub enabled: bool,
+    /// Secrets its templates name whose `HANDOFF_SECRET_*` variable is not set on this server.
+    pub missing_secrets: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ConnectorList {
+    pub connectors: Vec<ConnectorView>,
+}
+
+/// `POST /v1/connectors/{name}/lookup`: try the lookup for a caller without a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LookupTrial {
+    #[serde(default)]
+    pub caller: Option<String>,
+    #[serde(default)]
+    pub dialed: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub context: Option<serde_json::Map<String, Value>>,
+}
+
+/// What a tried lookup found, or why it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LookupResult {
+    /// `found`, `failed` or `skipped` (its `when` did not hold).
+    pub outcome: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub fields: Option<Value>,
+    pub error: Option<String>,
+    pub cached: bool,
+    pub duration_ms: u64,
 }
 
 /// What an agent desktop sends on its stream to acknowledge events up to `ack` (cumulative).

@@ -47,6 +47,12 @@ pub struct Config {
     pub outbox_retry_schedule_s: Vec<f64>,
     /// Delivery attempts kept on record per webhook or connector, newest first.
     pub outbox_attempts_kept: u64,
+    /// How long creating an interaction waits for CRM lookups: an answer in time rides in the
+    /// offer, a later one follows as `interaction.enriched`. 0: never waits.
+    pub enrich_wait_ms: u64,
+    /// CRM connectors declared in the file (`[[connectors]]` tables: `name` and the fields of
+    /// `PUT /v1/connectors/{name}`), put at every start like `[[queues]]`. File only.
+    pub connectors: Vec<toml::Table>,
     /// Seconds between WebSocket pings on agent streams.
     pub ping_interval_s: u64,
     /// Log filter, e.g. `info` or `handoff_api=debug,info`.
@@ -93,6 +99,8 @@ impl Default for Config {
                 .map(|wait| wait.as_secs_f64())
                 .collect(),
             outbox_attempts_kept: 1000,
+            enrich_wait_ms: 150,
+            connectors: Vec::new(),
             ping_interval_s: 15,
             log: "info".to_owned(),
             pop_url: None,
@@ -193,7 +201,8 @@ impl Config {
             ended_interactions_kept_s,
             rate_limit_per_key,
             rate_limit_burst,
-            outbox_attempts_kept
+            outbox_attempts_kept,
+            enrich_wait_ms
         );
         if let Some(v) = get(env, "listen") {
             self.listen = v.to_owned();
@@ -251,6 +260,10 @@ impl Config {
         handoff_api::egress::EgressPolicy::parse(&self.egress_allow)
             .map_err(|reason| anyhow::anyhow!(reason))?;
         self.outbox_settings()?;
+        if self.enrich_wait_ms > 30_000 {
+            bail!("enrich_wait_ms must be at most 30000");
+        }
+        self.connector_requests()?;
         if let Some(template) = &self.pop_url {
             handoff_api::pop_url::check(template)
                 .map_err(|reason| anyhow::anyhow!("pop_url: {reason}"))?;
@@ -304,6 +317,29 @@ impl Config {
             attempts_kept: self.outbox_attempts_kept,
             ..handoff_api::integrations::outbox::OutboxSettings::default()
         })
+    }
+
+    /// The `[[connectors]]` tables as `PUT /v1/connectors/{name}` requests; the server checks
+    /// each when it puts it.
+    pub fn connector_requests(
+        &self,
+    ) -> anyhow::Result<Vec<(String, handoff_protocol::PutConnectorRequest)>> {
+        let mut requests: Vec<(String, handoff_protocol::PutConnectorRequest)> = Vec::new();
+        for (index, table) in self.connectors.iter().enumerate() {
+            let mut table = table.clone();
+            let name = match table.remove("name") {
+                Some(toml::Value::String(name)) => name,
+                _ => bail!("connectors[{index}]: a connector needs a name"),
+            };
+            if requests.iter().any(|(other, _)| *other == name) {
+                bail!("connectors[{index}].name: {name:?} is declared twice");
+            }
+            let request = toml::Value::Table(table)
+                .try_into::<handoff_protocol::PutConnectorRequest>()
+                .map_err(|error| anyhow::anyhow!("connectors[{index}] ({name}): {error}"))?;
+            requests.push((name, request));
+        }
+        Ok(requests)
     }
 
     /// The configured time zone.
@@ -495,6 +531,48 @@ mod tests {
         }
         let error = load_env(&[("HANDOFF_EGRESS_ALLOW", "10.0.0.0/8, not a host!")]).unwrap_err();
         assert!(format!("{error:#}").contains("egress_allow"), "{error:#}");
+    }
+
+    #[test]
+    fn connectors_are_declared_as_tables_with_the_fields_of_put() {
+        let config = load_file(
+            r#"
+enrich_wait_ms = 200
+
+[[connectors]]
+name = "hubspot"
+preset = "hubspot"
+agent_ids = { alice = "361" }
+
+[[connectors]]
+name = "erp"
+[connectors.lookup]
+url = "https://erp.example.com/customers?phone={{ caller }}"
+fields = { account = "$.items[0].account" }
+[connectors.log]
+url = "https://erp.example.com/calls"
+body = '{"caller": {{ caller }}}'
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.enrich_wait_ms, 200);
+        let connectors = config.connector_requests().unwrap();
+        assert_eq!(connectors[0].0, "hubspot");
+        assert_eq!(connectors[0].1.preset.as_deref(), Some("hubspot"));
+        assert_eq!(connectors[1].0, "erp");
+        let lookup = connectors[1].1.lookup.as_ref().unwrap();
+        assert_eq!(lookup.fields["account"], "$.items[0].account");
+        for (text, expected) in [
+            ("[[connectors]]\npreset = \"hubspot\"\n", "needs a name"),
+            ("[[connectors]]\nname = \"x\"\nlookp = {}\n", "lookp"),
+            (
+                "[[connectors]]\nname = \"x\"\n[[connectors]]\nname = \"x\"\n",
+                "declared twice",
+            ),
+        ] {
+            let error = format!("{:#}", load_file(text).unwrap_err());
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 
     #[test]

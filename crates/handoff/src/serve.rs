@@ -47,12 +47,14 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
         rate_limit: config.rate_limit(),
         egress_allow: config.egress_allow.clone(),
         outbox: config.outbox_settings()?,
+        enrich_wait: Duration::from_millis(config.enrich_wait_ms),
         ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
     };
     let running = Running::start(store, settings)
         .await
         .context("recovery from the log failed")?;
     put_configured_queues(&running, queues).await?;
+    put_configured_connectors(&running, config.connector_requests()?).await?;
     ensure_admin_key(&running, &config.data_dir, env.get("HANDOFF_ADMIN_TOKEN")).await?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -78,6 +80,31 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
     }
     running.shutdown().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Puts the connectors of the configuration file, as the queues: the file wins over an edit
+/// through the API; an unchanged one is left as it runs.
+async fn put_configured_connectors(
+    running: &Running,
+    connectors: Vec<(String, handoff_protocol::PutConnectorRequest)>,
+) -> anyhow::Result<()> {
+    let integrations = &running.state.integrations;
+    for (name, request) in connectors {
+        if integrations.connector_request(&name).await.as_ref() == Some(&request) {
+            continue;
+        }
+        integrations
+            .put_connector(&name, request)
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "connector {name} of the configuration file: {}",
+                    error.message
+                )
+            })?;
+        tracing::info!(connector = %name, "connector of the configuration file put");
+    }
     Ok(())
 }
 

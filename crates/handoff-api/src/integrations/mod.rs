@@ -4,14 +4,18 @@
 //! (which writes what it did), writes the new configuration, and starts a worker on it, so the
 //! store, the registry and the running worker always agree.
 
+pub mod connector_registry;
+pub mod connectors;
 pub mod outbox;
+pub mod presets;
+pub mod templates;
 pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use handoff_protocol::{
-    DeliveryAttemptView, PendingDeliveryView, PutWebhookRequest, WebhookDeliveries, WebhookReplay,
+    Deliveries, DeliveryAttemptView, PendingDeliveryView, PutWebhookRequest, WebhookReplay,
     WebhookView,
 };
 use handoff_store::{Batch, IntegrationRecord, Store};
@@ -68,6 +72,10 @@ impl TypeFilter {
 pub struct IntegrationSettings {
     pub egress: EgressPolicy,
     pub outbox: OutboxSettings,
+    /// How long a create waits for CRM lookups before routing without them.
+    pub enrich_wait: std::time::Duration,
+    /// The core's settings, to make interactions again from their events.
+    pub core: handoff_core::Settings,
 }
 
 struct WebhookEntry {
@@ -103,6 +111,13 @@ pub struct Integrations {
     client: reqwest::Client,
     /// Held across a change (stop, write, start), so changes to integrations run one at a time.
     webhooks: tokio::sync::Mutex<BTreeMap<String, WebhookEntry>>,
+    /// Held across a change, as `webhooks`.
+    connectors: tokio::sync::Mutex<BTreeMap<String, connector_registry::ConnectorEntry>>,
+    /// The lookups of the enabled connectors, for the create handler: read on every create,
+    /// replaced on every change.
+    lookups: Mutex<Arc<Vec<Arc<connectors::Lookup>>>>,
+    enrich_wait: std::time::Duration,
+    core: handoff_core::Settings,
 }
 
 impl Integrations {
@@ -122,6 +137,10 @@ impl Integrations {
             shared,
             shutdown,
             webhooks: tokio::sync::Mutex::new(BTreeMap::new()),
+            connectors: tokio::sync::Mutex::new(BTreeMap::new()),
+            lookups: Mutex::default(),
+            enrich_wait: settings.enrich_wait,
+            core: settings.core,
         });
         let mut webhooks = integrations.webhooks.lock().await;
         for record in store.integrations().await? {
@@ -144,6 +163,7 @@ impl Integrations {
             webhooks.insert(record.name, entry);
         }
         drop(webhooks);
+        integrations.load_connectors().await?;
         Ok(integrations)
     }
 
@@ -182,6 +202,8 @@ impl Integrations {
                 worker.stop().await;
             }
         }
+        drop(webhooks);
+        self.stop_connectors().await;
     }
 
     pub async fn webhooks(&self) -> Result<Vec<WebhookView>, ApiError> {
@@ -385,12 +407,22 @@ impl Integrations {
         name: &str,
         before: Option<i64>,
         limit: usize,
-    ) -> Result<WebhookDeliveries, ApiError> {
+    ) -> Result<Deliveries, ApiError> {
         {
             let webhooks = self.webhooks.lock().await;
             webhooks.get(name).ok_or_else(|| unknown_webhook(name))?;
         }
-        let destination = webhooks::destination(name);
+        self.deliveries_of(webhooks::destination(name), before, limit)
+            .await
+    }
+
+    /// A destination's recent attempts, its pending retries and its cursor.
+    async fn deliveries_of(
+        &self,
+        destination: String,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Deliveries, ApiError> {
         let attempts = self
             .store
             .delivery_attempts(&destination, before, limit)
@@ -406,8 +438,7 @@ impl Integrations {
             .then(|| attempts.last().map(|a| a.id))
             .flatten();
         let time = |ms: i64| format_time(handoff_core::Timestamp::from_millis(ms));
-        Ok(WebhookDeliveries {
-            webhook: name.to_owned(),
+        Ok(Deliveries {
             attempts: attempts
                 .into_iter()
                 .map(|a| DeliveryAttemptView {
@@ -438,6 +469,7 @@ impl Integrations {
                 .unwrap_or_else(|| self.shared.head()),
             head_seq: self.shared.head(),
             next_before,
+            destination,
         })
     }
 

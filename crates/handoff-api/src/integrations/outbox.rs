@@ -48,6 +48,8 @@ pub struct AttemptResult {
     pub retry_after: Option<Duration>,
     /// The destination asked never to be sent anything again (a webhook's 410 Gone).
     pub gone: bool,
+    /// Nothing was sent: the destination's condition says this event needs no request.
+    pub skipped: bool,
 }
 
 impl AttemptResult {
@@ -508,7 +510,14 @@ impl Worker {
                     .outbox_retries_cleared
                     .push((destination.clone(), seq));
             }
-            ("delivered", None)
+            (
+                if result.skipped {
+                    "skipped"
+                } else {
+                    "delivered"
+                },
+                None,
+            )
         } else if result.gone {
             // Kept as a retry, due at once: re-enabling the destination takes it up first.
             self.disabled = true;

@@ -212,6 +212,7 @@ fn failed(status: Option<u16>, error: String) -> AttemptResult {
         error: Some(error),
         retry_after: None,
         gone: false,
+        skipped: false,
     }
 }
 
@@ -229,6 +230,7 @@ pub fn classify(sent: Result<reqwest::Response, reqwest::Error>) -> AttemptResul
             error: None,
             retry_after: None,
             gone: false,
+            skipped: false,
         };
     }
     let retry_after = response
@@ -251,6 +253,7 @@ pub fn classify(sent: Result<reqwest::Response, reqwest::Error>) -> AttemptResul
         error: Some(error),
         retry_after,
         gone: code == 410,
+        skipped: false,
     }
 }
 

@@ -321,6 +321,24 @@ pub async fn create(
         .into(),
     });
     let id = InteractionId::parse(&generate_id("ix_")).map_err(ApiError::internal)?;
+    // CRM lookups run beside the rest and are waited for at most `enrich_wait`: routing
+    // never waits longer for a CRM.
+    let lookups = state.integrations.start_lookups(|| {
+        let context = serde_json::Value::Object(context.clone());
+        crate::integrations::connectors::lookup_variables(
+            crate::integrations::connectors::CallFacts {
+                id: &id,
+                caller: body.caller.as_deref(),
+                dialed: body.dialed.as_deref(),
+                channel: &channel,
+                call_id: body.call_id.as_deref(),
+                priority: body.priority.unwrap_or(0),
+                context: &context,
+                target: &target,
+            },
+        )
+    });
+    let enrichment = collect_lookups(lookups, state.integrations.enrich_wait()).await;
     let spec = InteractionSpec {
         id: id.clone(),
         caller: body.caller,
@@ -332,7 +350,7 @@ pub async fn create(
         fallback: fallback.clone(),
         priority: body.priority.unwrap_or(0),
         max_wait_s,
-        enrichment: Vec::new(),
+        enrichment: enrichment.found,
         created_by: Some(principal.key_id.clone()),
         created_at: now(),
     };
@@ -363,11 +381,105 @@ pub async fn create(
             error
         })?;
     let (status, id) = match committed.replayed {
-        Some(existing) => (StatusCode::OK, existing),
-        None => (StatusCode::CREATED, id),
+        Some(existing) => {
+            for late in enrichment.late {
+                late.answer.abort();
+            }
+            (StatusCode::OK, existing)
+        }
+        None => {
+            record_enrichment_later(&state, &id, enrichment.failed, enrichment.late);
+            (StatusCode::CREATED, id)
+        }
     };
     let view = view(&state, &id).await?;
     Ok(json_response(status, &view))
+}
+
+/// What the CRM lookups of a create came to within the wait.
+struct Enrichments {
+    /// Answered in time: they ride in the interaction and its offers.
+    found: Vec<handoff_core::Enrichment>,
+    /// Failed in time: `interaction.enrichment_failed` follows the creation.
+    failed: Vec<(String, String)>,
+    /// Still running: what they find follows as `interaction.enriched` (or failed).
+    late: Vec<crate::integrations::connector_registry::StartedLookup>,
+}
+
+async fn collect_lookups(
+    lookups: Vec<crate::integrations::connector_registry::StartedLookup>,
+    wait: Duration,
+) -> Enrichments {
+    use crate::integrations::connectors::LookupOutcome;
+    let mut result = Enrichments {
+        found: Vec::new(),
+        failed: Vec::new(),
+        late: Vec::new(),
+    };
+    if lookups.is_empty() {
+        return result;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    for mut lookup in lookups {
+        match tokio::time::timeout_at(deadline, &mut lookup.answer).await {
+            Ok(Ok(LookupOutcome::Found { fields, .. })) => {
+                result.found.push(handoff_core::Enrichment {
+                    connector: lookup.connector,
+                    fields: fields.into(),
+                })
+            }
+            Ok(Ok(LookupOutcome::Failed(reason))) => result.failed.push((lookup.connector, reason)),
+            Ok(Ok(LookupOutcome::Skipped)) => {}
+            Ok(Err(error)) => result
+                .failed
+                .push((lookup.connector, format!("the lookup stopped: {error}"))),
+            Err(_) => result.late.push(lookup),
+        }
+    }
+    result
+}
+
+/// Appends what the lookups that failed in time, or answered late, came to, once each is
+/// known; the 201 does not wait for them.
+fn record_enrichment_later(
+    state: &AppState,
+    id: &InteractionId,
+    failed: Vec<(String, String)>,
+    late: Vec<crate::integrations::connector_registry::StartedLookup>,
+) {
+    use crate::integrations::connectors::LookupOutcome;
+    if failed.is_empty() && late.is_empty() {
+        return;
+    }
+    let engine = state.engine.clone();
+    let id = id.clone();
+    tokio::spawn(async move {
+        let record = |connector: String, outcome: Result<String, String>| {
+            let (engine, id) = (engine.clone(), id.clone());
+            async move {
+                let command = Command::RecordEnrichment {
+                    id,
+                    connector,
+                    outcome,
+                };
+                if let Err(error) = engine.execute(command).await {
+                    tracing::warn!(%error, "what a CRM lookup found could not be recorded");
+                }
+            }
+        };
+        for (connector, reason) in failed {
+            record(connector, Err(reason)).await;
+        }
+        for lookup in late {
+            let outcome = match lookup.answer.await {
+                Ok(LookupOutcome::Found { fields, .. }) => Ok(fields),
+                Ok(LookupOutcome::Failed(reason)) => Err(reason),
+                Ok(LookupOutcome::Skipped) => continue,
+                Err(error) => Err(format!("the lookup stopped: {error}")),
+            };
+            record(lookup.connector, outcome).await;
+        }
+    });
 }
 
 /// How deep a context may nest. The log wraps it two levels deeper, and every reader of the

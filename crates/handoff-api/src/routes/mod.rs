@@ -1,6 +1,7 @@
 //! The route table, and the helpers every handler shares.
 
 pub(crate) mod agents;
+pub(crate) mod connectors;
 pub(crate) mod events;
 pub(crate) mod interactions;
 pub(crate) mod keys;
@@ -88,6 +89,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/webhooks/{name}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{name}/replay", post(webhooks::replay))
+        .route("/v1/connectors", get(connectors::list))
+        .route(
+            "/v1/connectors/{name}",
+            put(connectors::put)
+                .get(connectors::get)
+                .delete(connectors::delete),
+        )
+        .route(
+            "/v1/connectors/{name}/deliveries",
+            get(connectors::deliveries),
+        )
+        .route("/v1/connectors/{name}/lookup", post(connectors::try_lookup))
         .route("/v1/signin-links", post(session::create_signin_link))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -12,8 +12,8 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// A webhook's name: `[A-Za-z0-9._-]{1,64}`, as agent ids and queue names.
-fn webhook_name(text: &str) -> Result<String, ApiError> {
+/// A webhook's or connector's name: `[A-Za-z0-9._-]{1,64}`, as agent ids and queue names.
+pub(crate) fn integration_name(text: &str) -> Result<String, ApiError> {
     let valid = !text.is_empty()
         && text.len() <= 64
         && text
@@ -79,7 +79,7 @@ pub async fn put(
     request: Request,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    let name = webhook_name(&raw_name)?;
+    let name = integration_name(&raw_name)?;
     let (body, _) = read_json::<PutWebhookRequest>(request, &state).await?;
     let (view, created) = state.integrations.put_webhook(&name, body).await?;
     let status = if created {
@@ -112,7 +112,7 @@ pub async fn get(
     Path(raw_name): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    let name = webhook_name(&raw_name)?;
+    let name = integration_name(&raw_name)?;
     let view = state.integrations.webhook(&name).await?;
     Ok(json_response(StatusCode::OK, &view))
 }
@@ -139,9 +139,22 @@ pub async fn delete(
     Path(raw_name): Path<String>,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    let name = webhook_name(&raw_name)?;
+    let name = integration_name(&raw_name)?;
     state.integrations.delete_webhook(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `?before=`: a positive attempt id.
+pub(crate) fn attempt_before(text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match text {
+        None | Some("") => Ok(None),
+        Some(text) => Ok(Some(
+            text.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                ApiError::bad_request("invalid_field", "before: a positive attempt id")
+                    .with_field("before")
+            })?,
+        )),
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,7 +175,7 @@ pub struct DeliveriesQuery {
         ("before" = Option<i64>, Query, description = "Only attempts older than this attempt id (`next_before` of the previous page)"),
     ),
     responses(
-        (status = 200, description = "Attempts and pending retries", body = handoff_protocol::WebhookDeliveries),
+        (status = 200, description = "Attempts and pending retries", body = handoff_protocol::Deliveries),
         (status = 400, description = "A bad limit or before", body = handoff_protocol::ErrorBody),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
         (status = 403, description = "Not admin", body = handoff_protocol::ErrorBody),
@@ -178,15 +191,9 @@ pub async fn deliveries(
     Query(query): Query<DeliveriesQuery>,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    let name = webhook_name(&raw_name)?;
+    let name = integration_name(&raw_name)?;
     let limit = super::list_limit(query.limit.as_deref())?;
-    let before = match query.before.as_deref() {
-        None | Some("") => None,
-        Some(text) => Some(text.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-            ApiError::bad_request("invalid_field", "before: a positive attempt id")
-                .with_field("before")
-        })?),
-    };
+    let before = attempt_before(query.before.as_deref())?;
     let deliveries = state.integrations.deliveries(&name, before, limit).await?;
     Ok(json_response(StatusCode::OK, &deliveries))
 }
@@ -225,7 +232,7 @@ pub async fn replay(
     request: Request,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin])?;
-    let name = webhook_name(&raw_name)?;
+    let name = integration_name(&raw_name)?;
     let after = query
         .after
         .as_deref()

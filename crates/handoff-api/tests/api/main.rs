@@ -5,6 +5,7 @@ mod agent_wait;
 mod bad_input;
 mod commit_failure;
 mod context;
+mod crm;
 mod ended;
 mod handoff_flow;
 mod isolation;

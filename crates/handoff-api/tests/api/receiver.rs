@@ -42,6 +42,8 @@ pub struct Answer {
     pub body: String,
     /// Wait this long before answering.
     pub delay: Duration,
+    /// Answer only once this is notified (the test decides when).
+    pub gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Answer {
@@ -51,7 +53,29 @@ impl Answer {
             headers: Vec::new(),
             body: String::new(),
             delay: Duration::ZERO,
+            gate: None,
         }
+    }
+
+    pub fn json(body: serde_json::Value) -> Answer {
+        Answer {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            gate: None,
+        }
+    }
+
+    /// Holds the answer until `gate` is notified.
+    pub fn held_by(mut self, gate: &Arc<tokio::sync::Notify>) -> Answer {
+        self.gate = Some(gate.clone());
+        self
+    }
+
+    pub fn with_status(mut self, status: u16) -> Answer {
+        self.status = status;
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Answer {
@@ -114,6 +138,11 @@ impl Receiver {
         format!("{}{}", self.base, path)
     }
 
+    /// Answers every request after the scripted ones with this.
+    pub fn otherwise(&self, answer: Answer) {
+        self.script.lock().unwrap().otherwise = answer;
+    }
+
     /// Answers the next requests with these, in order.
     pub fn then(&self, answers: impl IntoIterator<Item = Answer>) {
         self.script.lock().unwrap().next.extend(answers);
@@ -168,6 +197,9 @@ async fn record(
         body,
         at,
     });
+    if let Some(gate) = &answer.gate {
+        gate.notified().await;
+    }
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }

@@ -334,3 +334,16 @@ impl TestApp {
         start_on(_dir, admin, settings, |store| store).await
     }
 }
+
+/// Settings for tests against local receivers: loopback allowed by the egress rules, and
+/// retries 50 ms apart.
+pub fn integration_settings() -> ApiSettings {
+    ApiSettings {
+        egress_allow: vec!["127.0.0.1".to_owned()],
+        outbox: handoff_api::integrations::outbox::OutboxSettings {
+            retry_schedule: vec![Duration::from_millis(50); 6],
+            ..Default::default()
+        },
+        ..ApiSettings::default()
+    }
+}

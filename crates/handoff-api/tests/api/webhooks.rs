@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use handoff_api::integrations::outbox::OutboxSettings;
 use handoff_api::ApiSettings;
 use hmac::{Hmac, Mac};
 use reqwest::Method;
@@ -17,14 +16,7 @@ use crate::support::*;
 
 /// Loopback allowed (the receiver is there), and a retry schedule of milliseconds.
 fn settings() -> ApiSettings {
-    ApiSettings {
-        egress_allow: vec!["127.0.0.1".to_owned()],
-        outbox: OutboxSettings {
-            retry_schedule: vec![Duration::from_millis(50); 6],
-            ..OutboxSettings::default()
-        },
-        ..ApiSettings::default()
-    }
+    integration_settings()
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -258,7 +250,7 @@ async fn a_receiver_that_fails_three_times_then_succeeds_gets_the_event_once_mor
     assert_eq!(deliveries["attempts"][1]["error"], "HTTP 404");
     assert!(deliveries["attempts"][1]["next_attempt_at"].is_string());
     assert_eq!(deliveries["pending"], json!([]));
-    assert_eq!(deliveries["webhook"], "flaky");
+    assert_eq!(deliveries["destination"], "webhook:flaky");
     app.stop().await;
 }
 
