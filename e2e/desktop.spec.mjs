@@ -7,6 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:http';
 import path from 'node:path';
 import { launchChromium } from './chromium.mjs';
 
@@ -33,6 +34,7 @@ async function http(method, urlPath, token, body) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
+  if (method === 'PATCH') init.headers['content-type'] = 'application/merge-patch+json';
   const response = await fetch(BASE + urlPath, init);
   const text = await response.text();
   assert.ok(response.ok, `${method} ${urlPath}: ${response.status} ${text}`);
@@ -222,6 +224,48 @@ test('a hostile context renders as text and runs no script', TEST, async () => {
   await pop.getByTestId('pop-reject').click();
   await pop.waitFor({ state: 'detached' });
   assert.equal(await desk.evaluate(() => window.__xss), undefined, 'window.__xss stays undefined');
+});
+
+test('what the CRM finds after the pop and an update of the context redraw the card', TEST, async () => {
+  // A CRM on loopback that holds its answer until the pop is on screen.
+  let release;
+  const released = new Promise((resolve) => (release = resolve));
+  const crm = createServer(async (request, response) => {
+    await released;
+    response.writeHead(200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify({ contacts: [{ name: 'Zoë Ångström', tier: 'gold' }] }));
+  });
+  await new Promise((resolve) => crm.listen(0, '127.0.0.1', resolve));
+  const { port } = crm.address();
+  await http('PUT', '/v1/connectors/crm', ADMIN, {
+    lookup: {
+      url: `http://127.0.0.1:${port}/contacts?phone={{ caller }}`,
+      fields: { name: '$.contacts[0].name', tier: '$.contacts[0].tier' },
+    },
+  });
+  // Two rejected pops in a row set alice away (max_missed_offers): she comes back first.
+  await http('PUT', '/v1/agents/alice/presence', ALICE, { status: 'available' });
+  try {
+    const created = await offer({ caller: '+15550000004', context: { intent: 'billing' } });
+    const pop = desk.locator(`[data-testid=pop][data-interaction-id="${created.id}"]`);
+    await pop.waitFor();
+    assert.ok(await pop.getByTestId('pop-crm-fields').isHidden(), 'nothing found yet');
+    release();
+    const found = pop.locator('[data-testid=crm-connector][data-connector="crm"]');
+    await found.waitFor();
+    const text = await found.textContent();
+    assert.ok(text.includes('Zoë Ångström') && text.includes('gold'), `CRM fields shown: ${text}`);
+    await http('PATCH', `/v1/interactions/${created.id}/context`, IVR, { verified: 'by PIN' });
+    await pop.getByTestId('pop-context').filter({ hasText: 'by PIN' }).waitFor();
+    await desk.screenshot({ path: path.join(ARTIFACTS, 'desktop-pop-crm.png'), fullPage: true });
+    await pop.getByTestId('pop-reject').click();
+    await pop.waitFor({ state: 'detached' });
+  } finally {
+    await http('PUT', '/v1/agents/alice/presence', ALICE, { status: 'away' });
+    release();
+    await http('DELETE', '/v1/connectors/crm', ADMIN);
+    crm.close();
+  }
 });
 
 test("the supervisor view shows alice's presence change live", TEST, async () => {

@@ -87,7 +87,7 @@ function loadDesk() {
 /** What is kept of a closed interaction: enough for today's list, not the caller's data. */
 function compact(item) {
   if (OPEN.has(item.state)) return item;
-  const { context, routing, draft, popUrl, popUrlError, transferNote, ...rest } = item;
+  const { context, enrichment, lookupErrors, routing, draft, popUrl, popUrlError, transferNote, ...rest } = item;
   return rest;
 }
 
@@ -121,6 +121,12 @@ function newItem(id, seenAt) {
     channel: null,
     callId: null,
     context: {},
+    contextVersion: 1,
+    // What CRM lookups found, by connector, and why a lookup failed; `dataVersion` counts
+    // changes to the caller's data so cards redraw it.
+    enrichment: {},
+    lookupErrors: {},
+    dataVersion: 0,
     target: null,
     offerTarget: null,
     priority: 0,
@@ -149,6 +155,9 @@ function fillFromInteraction(item, i) {
   item.channel = typeof i.channel === 'string' ? i.channel : null;
   item.callId = typeof i.call_id === 'string' ? i.call_id : null;
   item.context = i.context && typeof i.context === 'object' ? i.context : {};
+  if (Number(i.context_version)) item.contextVersion = Number(i.context_version);
+  if (i.enrichment && typeof i.enrichment === 'object') item.enrichment = { ...i.enrichment };
+  item.dataVersion = (item.dataVersion || 0) + 1;
   item.target = i.target || null;
   item.priority = Number(i.priority) || 0;
   if (typeof i.transfer_note === 'string') item.transferNote = i.transfer_note;
@@ -277,6 +286,29 @@ function apply(ev) {
       return {};
     case 'interaction.timed_out':
       if (item && !stale(item, ev.time)) close(item, 'timed_out', 'Timed out', ev.time);
+      return {};
+    case 'interaction.context_updated':
+      if (item && d.context && typeof d.context === 'object') {
+        const version = Number(d.context_version) || 0;
+        if (version >= (item.contextVersion || 0)) {
+          item.context = d.context;
+          item.contextVersion = version;
+          item.dataVersion = (item.dataVersion || 0) + 1;
+        }
+      }
+      return {};
+    case 'interaction.enriched':
+      if (item && typeof d.connector === 'string' && d.fields && typeof d.fields === 'object') {
+        item.enrichment = { ...(item.enrichment || {}), [d.connector]: d.fields };
+        if (item.lookupErrors) delete item.lookupErrors[d.connector];
+        item.dataVersion = (item.dataVersion || 0) + 1;
+      }
+      return {};
+    case 'interaction.enrichment_failed':
+      if (item && typeof d.connector === 'string') {
+        item.lookupErrors = { ...(item.lookupErrors || {}), [d.connector]: String(d.reason || 'failed') };
+        item.dataVersion = (item.dataVersion || 0) + 1;
+      }
       return {};
     default:
       return {};
@@ -935,6 +967,9 @@ function popCard(item) {
     el('kbd', {}, 'R'),
   );
   card.error = el('p', { class: 'error', testid: 'pop-error', hidden: true, attrs: { role: 'alert' } });
+  card.context = el('section', { class: 'context', testid: 'pop-context' });
+  card.crmFields = el('section', { class: 'crm-fields', testid: 'pop-crm-fields' });
+  fillCallerData(card, item);
   const routing = routingText(item.routing);
   card.node = el(
     'article',
@@ -960,7 +995,8 @@ function popCard(item) {
     item.transferNote
       ? el('p', { class: 'note', testid: 'pop-transfer-note' }, el('strong', {}, 'Transfer note: '), item.transferNote)
       : null,
-    el('section', { class: 'context', testid: 'pop-context' }, el('h3', {}, 'Caller data'), renderValue(item.context)),
+    card.context,
+    card.crmFields,
     routing ? el('p', { class: 'routing muted', testid: 'pop-routing' }, routing) : null,
     el('div', { class: 'actions' }, card.accept, card.reject, crmBits(item, 'pop-crm-link')),
     card.error,
@@ -968,7 +1004,31 @@ function popCard(item) {
   return card;
 }
 
+/**
+ * Draws the caller's data on a card: the context, then what each CRM connector found (or why
+ * its lookup failed). Drawn again whenever an update of either arrives.
+ */
+function fillCallerData(card, item, collapsible) {
+  card.dataVersion = item.dataVersion;
+  const heading = collapsible ? el('summary', {}, 'Caller data') : el('h3', {}, 'Caller data');
+  replaceChildren(card.context, heading, renderValue(item.context));
+  const found = Object.entries(item.enrichment || {});
+  const failed = Object.entries(item.lookupErrors || {}).filter(([name]) => !(item.enrichment || {})[name]);
+  card.crmFields.hidden = found.length === 0 && failed.length === 0;
+  replaceChildren(
+    card.crmFields,
+    el('h3', {}, 'From the CRM'),
+    ...found.map(([name, fields]) =>
+      el('div', { class: 'crm-connector', testid: 'crm-connector', dataset: { connector: name } },
+        el('h4', {}, name), renderValue(fields))),
+    ...failed.map(([name, reason]) =>
+      el('p', { class: 'muted', testid: 'crm-lookup-failed', dataset: { connector: name } },
+        `${name}: lookup failed (${reason})`)),
+  );
+}
+
 function updatePop(card, item) {
+  if (card.dataVersion !== item.dataVersion) fillCallerData(card, item);
   const left = Date.parse(item.expiresAt) - serverNow();
   const total = Math.max(1000, Date.parse(item.expiresAt) - Date.parse(item.offeredAt));
   if (Number.isNaN(left)) {
@@ -1063,6 +1123,9 @@ function workCard(item) {
   });
   card.transfer = el('details', { class: 'transfer', testid: 'work-transfer' }, el('summary', {}, 'Transfer…'), transfer);
   card.error = el('p', { class: 'error', testid: 'work-error', hidden: true, attrs: { role: 'alert' } });
+  card.context = el('details', { class: 'context', testid: 'work-context', open: true });
+  card.crmFields = el('section', { class: 'crm-fields', testid: 'work-crm-fields' });
+  fillCallerData(card, item, true);
 
   card.node = el(
     'article',
@@ -1075,9 +1138,8 @@ function workCard(item) {
     item.transferNote
       ? el('p', { class: 'note', testid: 'work-transfer-note' }, el('strong', {}, 'Transfer note: '), item.transferNote)
       : null,
-    el('details', { class: 'context', testid: 'work-context', open: true },
-      el('summary', {}, 'Caller data'),
-      renderValue(item.context)),
+    card.context,
+    card.crmFields,
     form,
     card.transfer,
     card.error,
@@ -1086,6 +1148,7 @@ function workCard(item) {
 }
 
 function updateWork(card, item) {
+  if (card.dataVersion !== item.dataVersion) fillCallerData(card, item, true);
   card.node.dataset.state = item.state;
   card.transfer.hidden = item.state !== 'accepted';
   const now = serverNow();

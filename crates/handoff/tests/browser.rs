@@ -152,6 +152,8 @@ fn the_desktop_and_supervisor_view_work_in_a_real_browser() {
             .env("HANDOFF_LOG", "warn")
             // Offers must stay open however slow the machine: a timed-out offer is no pop.
             .env("HANDOFF_OFFER_TIMEOUT_S", "600")
+            // The e2e file's CRM stand-in listens on loopback.
+            .env("HANDOFF_EGRESS_ALLOW", "127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
