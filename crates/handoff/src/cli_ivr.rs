@@ -40,6 +40,10 @@ pub struct IvrArgs {
     /// Higher is served first.
     #[arg(long, allow_negative_numbers = true)]
     pub priority: Option<i32>,
+    /// For an agent target who cannot take the call now: how long it waits for that agent
+    /// before its fallback takes it (or it ends timed_out); default the server's.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_wait_s: Option<i64>,
     /// Repeating the request with the same key answers the same interaction.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
@@ -64,7 +68,7 @@ pub async fn run(args: IvrArgs) -> anyhow::Result<()> {
         target: args.to,
         fallback: args.fallback,
         priority: args.priority,
-        max_wait_s: None,
+        max_wait_s: args.max_wait_s,
     };
     let created = client
         .create_interaction(&request, args.idempotency_key.as_deref())
