@@ -2,7 +2,6 @@
 //! times on one data directory; every acknowledged write and every event a client saw survives.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,67 +11,13 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+mod serve_process;
+use serve_process::ServeProcess;
+
 const ROUNDS: usize = 10;
 const POSTS_PER_ROUND: usize = 200;
 const AGENTS: [&str; 3] = ["crash-a", "crash-b", "crash-c"];
 const PATIENCE: Duration = Duration::from_secs(20);
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path, admin: &str) -> Server {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("HANDOFF_ADMIN_TOKEN", admin)
-            // Nothing may expire on its own while the test runs: what it checks is durability.
-            .env("HANDOFF_OFFER_TIMEOUT_S", "3600")
-            .env("HANDOFF_PRESENCE_GRACE_S", "3600")
-            .env("HANDOFF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the handoff binary starts");
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_healthy(&self, http: &reqwest::Client) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = http.get(format!("{}/healthz", self.base)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown path runs.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
 
 struct Acknowledged {
     idempotency_key: String,
@@ -89,8 +34,16 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_interaction_and_no_seen
     let http = reqwest::Client::new();
 
     // Set-up on the first run: agents with room for every call, an IVR key, agent tokens.
-    let server = Server::start(&data_dir, admin);
-    server.wait_healthy(&http).await;
+    let server = ServeProcess::start(
+        &data_dir,
+        admin,
+        // Nothing may expire on its own while the test runs: what it checks is durability.
+        &[
+            ("HANDOFF_OFFER_TIMEOUT_S", "3600"),
+            ("HANDOFF_PRESENCE_GRACE_S", "3600"),
+        ],
+    );
+    server.wait_healthy(&http, PATIENCE).await;
     let mut agent_tokens = HashMap::new();
     for agent in AGENTS {
         let put = http
@@ -138,8 +91,16 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_interaction_and_no_seen
     let seen: Arc<Mutex<HashMap<(&'static str, u64), Value>>> = Arc::default();
     let mut rng_seed = rand::thread_rng();
     for round in 0..ROUNDS {
-        let server = Server::start(&data_dir, admin);
-        server.wait_healthy(&http).await;
+        let server = ServeProcess::start(
+            &data_dir,
+            admin,
+            // Nothing may expire on its own while the test runs: what it checks is durability.
+            &[
+                ("HANDOFF_OFFER_TIMEOUT_S", "3600"),
+                ("HANDOFF_PRESENCE_GRACE_S", "3600"),
+            ],
+        );
+        server.wait_healthy(&http, PATIENCE).await;
         // Agent desktops listening from the start of the log; what they see must survive.
         let mut watchers = Vec::new();
         for agent in AGENTS {
@@ -214,8 +175,16 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_interaction_and_no_seen
     }
 
     // The last start: everything acknowledged and everything seen must be there.
-    let server = Server::start(&data_dir, admin);
-    server.wait_healthy(&http).await;
+    let server = ServeProcess::start(
+        &data_dir,
+        admin,
+        // Nothing may expire on its own while the test runs: what it checks is durability.
+        &[
+            ("HANDOFF_OFFER_TIMEOUT_S", "3600"),
+            ("HANDOFF_PRESENCE_GRACE_S", "3600"),
+        ],
+    );
+    server.wait_healthy(&http, PATIENCE).await;
     let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
     assert!(
         !acknowledged.is_empty(),

@@ -4,7 +4,6 @@
 //! been delivered, each with one `webhook-id` however many times it was sent.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use rand::Rng;
 use serde_json::{json, Value};
 
+mod serve_process;
+use serve_process::ServeProcess;
+
 const ROUNDS: usize = 3;
 const POSTS_PER_ROUND: usize = 60;
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -23,68 +25,14 @@ const ADMIN: &str = "hk_webhook_crash_test_admin_token_0123456789";
 static RETRY_SCHEDULE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| vec!["0.2"; 32].join(","));
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path) -> Server {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_handoff"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("HANDOFF_ADMIN_TOKEN", ADMIN)
-            .env("HANDOFF_EGRESS_ALLOW", "127.0.0.1")
-            // Retries every 200 ms, 32 times: the test is about durability, not about the
-            // schedule, and no event may be given up on while the rounds run.
-            .env("HANDOFF_OUTBOX_RETRY_SCHEDULE_S", RETRY_SCHEDULE.as_str())
-            .env("HANDOFF_OFFER_TIMEOUT_S", "3600")
-            .env("HANDOFF_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the handoff binary starts");
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_healthy(&self, http: &reqwest::Client) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(response) = http.get(format!("{}/healthz", self.base)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(self) {
-        // SIGKILL, in drop: no shutdown path runs.
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Loopback allowed (the receiver is there); retries every 200 ms, 32 times: the test is about
+/// durability, not about the schedule, and no event may be given up on while the rounds run.
+fn server_settings() -> [(&'static str, &'static str); 3] {
+    [
+        ("HANDOFF_EGRESS_ALLOW", "127.0.0.1"),
+        ("HANDOFF_OUTBOX_RETRY_SCHEDULE_S", RETRY_SCHEDULE.as_str()),
+        ("HANDOFF_OFFER_TIMEOUT_S", "3600"),
+    ]
 }
 
 /// The receiver: answers 2xx to one delivery in `one_in` (the rest 503) and notes the subjects
@@ -129,8 +77,8 @@ async fn sigkill_with_deliveries_pending_loses_none() {
     let temporary = tempfile::tempdir().unwrap();
     let data_dir = temporary.path().join("data");
     let http = reqwest::Client::new();
-    let server = Server::start(&data_dir);
-    server.wait_healthy(&http).await;
+    let server = ServeProcess::start(&data_dir, ADMIN, &server_settings());
+    server.wait_healthy(&http, PATIENCE).await;
     let put = http
         .put(format!("{}/v1/agents/alice", server.base))
         .bearer_auth(ADMIN)
@@ -168,8 +116,8 @@ async fn sigkill_with_deliveries_pending_loses_none() {
         // as delivered when it dies.
         let one_in = if round + 1 < ROUNDS { u32::MAX } else { 4 };
         receiver.one_in.store(one_in, Ordering::SeqCst);
-        let server = Server::start(&data_dir);
-        server.wait_healthy(&http).await;
+        let server = ServeProcess::start(&data_dir, ADMIN, &server_settings());
+        server.wait_healthy(&http, PATIENCE).await;
         let mut posts = Vec::new();
         for n in 0..POSTS_PER_ROUND {
             let (http, base, ivr, acknowledged) = (
@@ -208,8 +156,8 @@ async fn sigkill_with_deliveries_pending_loses_none() {
     // The receiver is well again and the server runs: every acknowledged call arrives.
     let delivered_before = receiver.delivered.lock().unwrap().len();
     receiver.one_in.store(1, Ordering::SeqCst);
-    let server = Server::start(&data_dir);
-    server.wait_healthy(&http).await;
+    let server = ServeProcess::start(&data_dir, ADMIN, &server_settings());
+    server.wait_healthy(&http, PATIENCE).await;
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(!acknowledged.is_empty(), "some posts were acknowledged");
     assert!(

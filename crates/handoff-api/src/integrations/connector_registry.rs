@@ -90,7 +90,7 @@ impl Integrations {
         for action in &entry.connector.actions {
             let deliver = ActionDelivery {
                 action: action.clone(),
-                client: self.client.clone(),
+                client: self.client().clone(),
                 egress: self.egress.clone(),
                 shared: self.shared.clone(),
                 store: self.store.clone(),
@@ -155,7 +155,7 @@ impl Integrations {
             .iter()
             .map(|lookup| {
                 let (lookup, variables) = (lookup.clone(), variables.clone());
-                let (client, egress) = (self.client.clone(), self.egress.clone());
+                let (client, egress) = (self.client().clone(), self.egress.clone());
                 StartedLookup {
                     connector: lookup.connector.clone(),
                     answer: tokio::spawn(
@@ -355,7 +355,7 @@ impl Integrations {
             target: &trial_queue,
         });
         let started = Instant::now();
-        let outcome = lookup.run(variables, &self.client, &self.egress).await;
+        let outcome = lookup.run(variables, self.client(), &self.egress).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         Ok(match outcome {
             LookupOutcome::Found { fields, cached } => LookupResult {

@@ -510,14 +510,14 @@ fn render_request(
 
 fn send(client: &reqwest::Client, request: Rendered, timeout: Duration) -> reqwest::RequestBuilder {
     let mut builder = client.request(request.method, request.url).timeout(timeout);
-    for (name, value) in request.headers {
+    for (name, value) in &request.headers {
         builder = builder.header(name, value);
     }
     if let Some(body) = request.body {
-        let has_type = builder
-            .try_clone()
-            .and_then(|b| b.build().ok())
-            .is_some_and(|r| r.headers().contains_key(reqwest::header::CONTENT_TYPE));
+        let has_type = request
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
         if !has_type {
             builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
         }

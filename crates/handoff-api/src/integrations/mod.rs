@@ -108,7 +108,9 @@ pub struct Integrations {
     shutdown: Shutdown,
     egress: Arc<EgressPolicy>,
     outbox: Arc<OutboxSettings>,
-    client: reqwest::Client,
+    /// Made when the first webhook or connector needs it: a server with none never loads the
+    /// TLS roots.
+    client: std::sync::OnceLock<reqwest::Client>,
     /// Held across a change (stop, write, start), so changes to integrations run one at a time.
     webhooks: tokio::sync::Mutex<BTreeMap<String, WebhookEntry>>,
     /// Held across a change, as `webhooks`.
@@ -130,7 +132,7 @@ impl Integrations {
     ) -> anyhow::Result<Arc<Integrations>> {
         let egress = Arc::new(settings.egress);
         let integrations = Arc::new(Integrations {
-            client: crate::egress::client(egress.clone()),
+            client: std::sync::OnceLock::new(),
             egress,
             outbox: Arc::new(settings.outbox),
             store: store.clone(),
@@ -167,6 +169,12 @@ impl Integrations {
         Ok(integrations)
     }
 
+    /// The HTTP client of webhooks and connectors.
+    fn client(&self) -> &reqwest::Client {
+        self.client
+            .get_or_init(|| crate::egress::client(self.egress.clone()))
+    }
+
     fn start_worker(&self, name: &str, entry: &mut WebhookEntry) {
         if !entry.config.active() {
             return;
@@ -174,7 +182,7 @@ impl Integrations {
         let deliver = WebhookDelivery {
             types: TypeFilter(entry.config.types.clone()),
             config: entry.config.clone(),
-            client: self.client.clone(),
+            client: self.client().clone(),
             egress: self.egress.clone(),
         };
         let observer = WebhookObserver {
@@ -297,7 +305,7 @@ impl Integrations {
         let mut new_secret = None;
         let secrets = match (&checked.secret, &existing) {
             (Some(secret), Some(old))
-                if old.secrets.first().map(|s| &s.secret) != Some(&secret.as_str().to_owned()) =>
+                if old.secrets.first().map(|s| s.secret.as_str()) != Some(secret.as_str()) =>
             {
                 // A rotation: the new secret signs first, the old one for a day more.
                 let mut secrets = vec![StoredSecret {

@@ -370,9 +370,10 @@ impl Worker {
                     // Not in the log any more (it never is removed; a defect if seen).
                     tracing::error!(destination = %self.spec.destination, seq, "outbox: a retry's event is not in the log; dropped");
                     self.retries.remove(&seq);
-                    self.queue_write(|batch, destination| {
-                        batch.outbox_retries_cleared.push((destination, seq))
-                    });
+                    self.pending
+                        .outbox_retries_cleared
+                        .push((self.spec.destination.clone(), seq));
+                    self.pending_since.get_or_insert_with(Instant::now);
                 }
             }
         }
@@ -590,11 +591,6 @@ impl Worker {
         }
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
         Some(scheduled.mul_f64(jitter))
-    }
-
-    fn queue_write(&mut self, write: impl FnOnce(&mut Batch, String)) {
-        write(&mut self.pending, self.spec.destination.clone());
-        self.pending_since.get_or_insert_with(Instant::now);
     }
 
     async fn replay(&mut self, after: u64) {

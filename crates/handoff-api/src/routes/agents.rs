@@ -69,11 +69,7 @@ pub async fn put(
         .execute(Command::UpsertAgent { profile })
         .await
         .map_err(engine_error)?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = super::put_status(!existed);
     Ok(json_response(status, &view_or_404(&state, &agent)?))
 }
 

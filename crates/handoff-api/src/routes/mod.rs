@@ -249,6 +249,15 @@ pub(crate) fn origin_allowed(headers: &HeaderMap, state: &AppState) -> bool {
         .any(|allowed| allowed == origin)
 }
 
+/// A PUT's answer: 201 when it created the resource, 200 when it replaced it.
+fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> axum::response::Response {
     (status, axum::Json(body)).into_response()
 }

@@ -77,11 +77,7 @@ pub async fn put(
         .events
         .iter()
         .any(|(_, event)| matches!(event, Event::QueueUpserted { created: true, .. }));
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = super::put_status(created);
     Ok(json_response(status, &view_or_404(&state, &name)?))
 }
 

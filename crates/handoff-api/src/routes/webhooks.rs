@@ -82,12 +82,7 @@ pub async fn put(
     let name = integration_name(&raw_name)?;
     let (body, _) = read_json::<PutWebhookRequest>(request, &state).await?;
     let (view, created) = state.integrations.put_webhook(&name, body).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(json_response(status, &view))
+    Ok(json_response(super::put_status(created), &view))
 }
 
 #[utoipa::path(
