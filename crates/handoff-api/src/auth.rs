@@ -139,6 +139,25 @@ impl KeyRing {
         }
     }
 
+    /// Makes the ring hold exactly `records` (a follower reading the store again); returns
+    /// the ids of the keys that are gone.
+    pub fn replace_all(&self, records: Vec<KeyRecord>) -> Vec<String> {
+        let Ok(mut map) = self.by_hash.write() else {
+            return Vec::new();
+        };
+        let fresh: HashMap<[u8; 32], KeyRecord> = records
+            .into_iter()
+            .map(|record| (record.token_sha256, record))
+            .collect();
+        let gone = map
+            .values()
+            .filter(|old| !fresh.contains_key(&old.token_sha256))
+            .map(|old| old.id.clone())
+            .collect();
+        *map = fresh;
+        gone
+    }
+
     pub fn remove(&self, key_id: &str) -> Option<KeyRecord> {
         let mut map = self.by_hash.write().ok()?;
         let hash = map.iter().find(|(_, r)| r.id == key_id).map(|(h, _)| *h)?;
@@ -346,6 +365,25 @@ pub fn request_is_https(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) 
 /// Middleware on every protected route: 401 before anything else is looked at. A bearer token
 /// wins; the session cookie is the browser's way, and a change made with it must come from an
 /// allowed `Origin` (what SameSite does not cover, this does).
+/// At most one read of the keys every quarter second for unknown tokens on a follower, so that
+/// a flood of bad tokens costs the store nothing more.
+fn follower_may_reload_keys() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1000;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    now_ms.saturating_sub(last) >= 250
+        && LAST_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 pub async fn authenticate(
     State(state): State<AppState>,
     request: Request,
@@ -371,8 +409,24 @@ pub async fn authenticate(
             }
             principal
         }
-    }
-    .ok_or_else(ApiError::unauthorized)?;
+    };
+    let principal = match principal {
+        Some(principal) => principal,
+        // A follower's keys may be a moment old: a token the writer issued since is read
+        // from the store before the request is refused.
+        None if state.follower && follower_may_reload_keys() => {
+            let keys = state.store.keys().await.map_err(|error| {
+                ApiError::internal(format!("cannot read the keys again: {error}"))
+            })?;
+            state.shared.replace_keys(keys);
+            match bearer(&parts) {
+                Some(token) => state.shared.keys.resolve(token),
+                None => session_principal(&parts.headers, &state),
+            }
+            .ok_or_else(ApiError::unauthorized)?
+        }
+        None => return Err(ApiError::unauthorized()),
+    };
     if let Err(retry_after_s) = state
         .rate_limiter
         .check(&principal.key_id, std::time::Instant::now())

@@ -57,6 +57,15 @@ pub struct LiveEvent {
     pub created_at: Option<Timestamp>,
 }
 
+/// Why a follower could not apply what it read.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("event {got} does not continue the head {head}: the events between are missing")]
+    Gap { head: u64, got: u64 },
+    #[error("event {0} cannot be decoded: {1}")]
+    Undecodable(u64, String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -133,6 +142,9 @@ pub struct Shared {
     /// Wakes the engine when `pending_acks` stops being empty.
     acks_waiting: tokio::sync::Notify,
     pub keys: crate::auth::KeyRing,
+    /// Set once when the engine stopped because the log is no longer what it thinks (another
+    /// writer appended, or its lease was taken over): the reason. Its node must stop.
+    writer_lost: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// One stream's subscription to an agent's live feed; the feed goes when its last one does.
@@ -238,6 +250,109 @@ impl Shared {
         }
         for event in events {
             let _ = self.live.send(event);
+        }
+    }
+
+    /// A follower's step: applies events the writer committed (read from the bus or the
+    /// log) to the committed state and hands them to the live feeds, as the engine does with
+    /// its own. Events at or below the head are skipped (a replay); one that does not continue
+    /// the head is refused, so the caller fills the gap from the log first.
+    pub fn apply_followed(&self, events: &[StoredEvent]) -> Result<(), FollowError> {
+        let mut live = Vec::with_capacity(events.len());
+        {
+            let mut committed = self
+                .committed
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut head = self.head();
+            for stored in events {
+                if stored.seq <= head {
+                    continue;
+                }
+                if stored.seq != head + 1 {
+                    self.head.store(head, Ordering::Release);
+                    drop(committed);
+                    self.publish_live(live);
+                    return Err(FollowError::Gap {
+                        head,
+                        got: stored.seq,
+                    });
+                }
+                let event = wire::decode_event(stored.seq, &stored.payload)
+                    .map_err(|error| FollowError::Undecodable(stored.seq, error.to_string()))?;
+                committed.apply(&event);
+                if let Event::AgentCreated { profile, .. } = &event {
+                    committed.set_acked(&profile.id, Seq::new(stored.seq));
+                }
+                let created_at = match &event {
+                    Event::InteractionOffered { id, .. } => {
+                        committed.interaction(id).map(|i| i.spec.created_at)
+                    }
+                    _ => None,
+                };
+                head = stored.seq;
+                live.push(Arc::new(LiveEvent {
+                    seq: stored.seq,
+                    event_type: stored.event_type.clone(),
+                    subject: stored.subject.clone(),
+                    agents: stored.agents.clone(),
+                    payload: stored.payload.clone(),
+                    created_at,
+                }));
+            }
+            self.head.store(head, Ordering::Release);
+        }
+        self.publish_live(live);
+        Ok(())
+    }
+
+    /// Returns, with the reason, once the engine stopped because it no longer owns the log
+    /// (`StoreError::Fenced`, or a batch refused as not continuing a log that only it should
+    /// append to). Pending forever while it runs.
+    pub async fn writer_lost(&self) -> String {
+        let mut lost = self.writer_lost.subscribe();
+        loop {
+            if let Some(reason) = lost.borrow_and_update().clone() {
+                return reason;
+            }
+            if lost.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// The acks received on this node since the last call, per agent the highest (a
+    /// follower sends them on to the writer).
+    pub fn take_pending_acks(&self) -> HashMap<AgentId, Seq> {
+        self.pending_acks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Returns once an ack is pending (or at once when one already is).
+    pub async fn acks_pending(&self) {
+        loop {
+            let notified = self.acks_waiting.notified();
+            if !self
+                .pending_acks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .highest
+                .is_empty()
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A follower's keys, read again from the store: keys added since appear, and open
+    /// streams of keys that are gone close as on a revocation.
+    pub fn replace_keys(&self, records: Vec<KeyRecord>) {
+        let revoked = self.keys.replace_all(records);
+        if !revoked.is_empty() {
+            let _ = self.revoked.send(Arc::new(revoked));
         }
     }
 
@@ -362,14 +477,12 @@ struct IdempotencyEntry {
 /// benchmark.
 type IdempotencyTable = handoff_core::FastMap<(String, String), Box<IdempotencyEntry>>;
 
-/// Recovery: rebuilds the state by replaying the log, then starts the engine task.
-pub async fn start(
-    store: Arc<dyn Store>,
+/// Rebuilds the committed state by replaying the log: every event, then the ack cursors.
+async fn replay_log(
+    store: &Arc<dyn Store>,
     settings: handoff_core::Settings,
-    pop_url_default: Option<String>,
     keep_ended: Duration,
-    shutdown: Shutdown,
-) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
+) -> Result<(State, u64), anyhow::Error> {
     let mut state = State::new(settings);
     let mut after = 0u64;
     loop {
@@ -388,6 +501,56 @@ pub async fn start(
             state.set_acked(&agent, Seq::new(seq));
         }
     }
+    Ok((state, after))
+}
+
+fn new_shared(state: State, head: u64, keys: crate::auth::KeyRing) -> Arc<Shared> {
+    let (live, _) = broadcast::channel(8192);
+    let (revoked, _) = broadcast::channel(64);
+    let (stats, _) = broadcast::channel(1024);
+    Arc::new(Shared {
+        committed: RwLock::new(state),
+        head: AtomicU64::new(head),
+        live,
+        agent_feeds: Mutex::new(HashMap::new()),
+        revoked,
+        stats,
+        pending_acks: Mutex::new(PendingAcks::default()),
+        acks_waiting: tokio::sync::Notify::new(),
+        keys,
+        writer_lost: tokio::sync::watch::Sender::new(None),
+    })
+}
+
+/// A follower's recovery (a node of a cluster that does not hold the writer lease): the
+/// committed state from the log, without an engine. `Shared::apply_followed` then moves it on
+/// with the events the writer commits, and the returned `Engine` has no task behind it: every
+/// command sent to it fails with `EngineError::Stopped` (a follower forwards its writes).
+pub async fn recover_follower(
+    store: Arc<dyn Store>,
+    settings: handoff_core::Settings,
+    keep_ended: Duration,
+) -> Result<Engine, anyhow::Error> {
+    let (state, head) = replay_log(&store, settings, keep_ended).await?;
+    let keys = crate::auth::KeyRing::load(store.keys().await?);
+    let shared = new_shared(state, head, keys);
+    let (requests, _) = mpsc::channel(1);
+    tracing::info!(
+        head_seq = head,
+        "follower: recovered the state from the log"
+    );
+    Ok(Engine { requests, shared })
+}
+
+/// Recovery: rebuilds the state by replaying the log, then starts the engine task.
+pub async fn start(
+    store: Arc<dyn Store>,
+    settings: handoff_core::Settings,
+    pop_url_default: Option<String>,
+    keep_ended: Duration,
+    shutdown: Shutdown,
+) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
+    let (state, after) = replay_log(&store, settings, keep_ended).await?;
     let now_ms = wire::now().millis();
     let mut idempotency = IdempotencyTable::default();
     for record in store
@@ -406,20 +569,7 @@ pub async fn start(
         }
     }
     let keys = crate::auth::KeyRing::load(store.keys().await?);
-    let (live, _) = broadcast::channel(8192);
-    let (revoked, _) = broadcast::channel(64);
-    let (stats, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
-        committed: RwLock::new(state.clone()),
-        head: AtomicU64::new(after),
-        live,
-        agent_feeds: Mutex::new(HashMap::new()),
-        revoked,
-        stats,
-        pending_acks: Mutex::new(PendingAcks::default()),
-        acks_waiting: tokio::sync::Notify::new(),
-        keys,
-    });
+    let shared = new_shared(state.clone(), after, keys);
     let (requests, inbox) = mpsc::channel(4096);
     let task = EngineTask {
         store,
@@ -521,6 +671,10 @@ impl EngineTask {
                 biased;
                 result = next_result(&mut self.in_flight), if !self.in_flight.is_empty() => {
                     self.resolve(result);
+                    if self.shared.writer_lost.borrow().is_some() {
+                        tracing::error!("the log is no longer this engine's to append to; it stops");
+                        break;
+                    }
                     self.forget_ended_when_due(&mut forgot_at);
                     continue;
                 }
@@ -810,6 +964,19 @@ impl EngineTask {
         let group = flight.group;
         match result {
             Err(error) => {
+                // A refusal that no earlier failure explains means that the log moved under
+                // this engine (a commit whose outcome the store could not tell, another
+                // writer): its state can no longer be trusted, and it stops.
+                let log_moved = match &error {
+                    StoreError::Fenced { .. } => true,
+                    StoreError::SeqOutOfOrder { .. } => self.failure.is_none(),
+                    _ => false,
+                };
+                if log_moved {
+                    self.shared
+                        .writer_lost
+                        .send_replace(Some(format!("the engine stopped: {error}")));
+                }
                 tracing::error!(%error, "commit failed; the batch is dropped and the state rolled back");
                 let events_lost = !group.events.is_empty();
                 let failure = self.failure.get_or_insert(Failure { events_lost });

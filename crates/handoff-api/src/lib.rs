@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod calendar;
+pub mod cluster;
 pub mod connections;
 pub mod egress;
 pub mod engine;
@@ -102,6 +103,8 @@ pub struct AppState {
     pub stats_history: Arc<stats_history::StatsHistory>,
     pub rate_limiter: Arc<rate_limit::RateLimiter>,
     pub integrations: Arc<integrations::Integrations>,
+    /// A follower of a cluster (`Running::start_follower`).
+    pub follower: bool,
 }
 
 /// A recovered, running API: its router, and how to stop it.
@@ -109,13 +112,45 @@ pub struct Running {
     pub state: AppState,
     trigger: ShutdownTrigger,
     engine_task: tokio::task::JoinHandle<()>,
+    /// Set on a follower of a cluster: its router forwards what it does not serve.
+    forward: Option<cluster::ForwardState>,
 }
+
+/// What a follower node of a cluster needs beside the store.
+pub struct FollowerLink {
+    pub bus: Arc<cluster::Bus>,
+    /// This node's name in the cluster.
+    pub node: String,
+    /// Where the writer is, kept current by whoever reads the lease.
+    pub writer: cluster::WriterAddress,
+}
+
+/// How often a follower reads the keys again, so that a key revoked through another node
+/// closes its streams here too.
+const FOLLOWER_KEYS_EVERY: Duration = Duration::from_secs(2);
 
 impl Running {
     /// Recovers the state from `store` and starts the engine and the presence timers.
-    pub async fn start(
+    pub async fn start(store: Arc<dyn Store>, settings: ApiSettings) -> anyhow::Result<Running> {
+        Running::start_as(store, settings, None).await
+    }
+
+    /// A follower: recovers the state from `store`, then keeps it in step with what the
+    /// writer commits (from the bus, or the log), serves agent streams and Server-Sent Events,
+    /// and forwards every other request to the writer. It runs no engine, no timers and no
+    /// webhook or connector workers.
+    pub async fn start_follower(
+        store: Arc<dyn Store>,
+        settings: ApiSettings,
+        link: FollowerLink,
+    ) -> anyhow::Result<Running> {
+        Running::start_as(store, settings, Some(link)).await
+    }
+
+    async fn start_as(
         store: Arc<dyn Store>,
         mut settings: ApiSettings,
+        follower: Option<FollowerLink>,
     ) -> anyhow::Result<Running> {
         settings.core.calendar = Arc::new(settings.timezone.clone());
         if let Some(template) = &settings.pop_url {
@@ -123,29 +158,44 @@ impl Running {
         }
         let metrics = metrics_setup::handle();
         let (trigger, shutdown) = shutdown_channel();
-        let (engine, engine_task) = engine::start(
-            store.clone(),
-            settings.core.clone(),
-            settings.pop_url.clone(),
-            settings.ended_interactions_kept,
-            shutdown.clone(),
-        )
-        .await?;
+        let (engine, engine_task) = match &follower {
+            None => {
+                engine::start(
+                    store.clone(),
+                    settings.core.clone(),
+                    settings.pop_url.clone(),
+                    settings.ended_interactions_kept,
+                    shutdown.clone(),
+                )
+                .await?
+            }
+            Some(_) => {
+                let engine = engine::recover_follower(
+                    store.clone(),
+                    settings.core.clone(),
+                    settings.ended_interactions_kept,
+                )
+                .await?;
+                (engine, tokio::spawn(async {}))
+            }
+        };
         let shared = engine.shared.clone();
         let connections = Arc::new(connections::Connections::new(
             engine.clone(),
             settings.presence_grace,
             shutdown.clone(),
         ));
-        // After a restart nobody is connected: every agent's grace period starts now.
-        let present: Vec<_> = shared
-            .state()
-            .agents()
-            .filter(|a| a.presence.status != handoff_core::PresenceStatus::Offline)
-            .map(|a| a.profile.id.clone())
-            .collect();
-        for agent in present {
-            connections.start_grace(agent);
+        if follower.is_none() {
+            // After a restart nobody is connected: every agent's grace period starts now.
+            let present: Vec<_> = shared
+                .state()
+                .agents()
+                .filter(|a| a.presence.status != handoff_core::PresenceStatus::Offline)
+                .map(|a| a.profile.id.clone())
+                .collect();
+            for agent in present {
+                connections.start_grace(agent);
+            }
         }
         let rate_limiter = Arc::new(rate_limit::RateLimiter::new(settings.rate_limit));
         let egress = egress::EgressPolicy::parse(&settings.egress_allow)
@@ -159,10 +209,21 @@ impl Running {
                 outbox: settings.outbox.clone(),
                 enrich_wait: settings.enrich_wait,
                 core: settings.core.clone(),
+                dormant: follower.is_some(),
             },
         )
         .await?;
+        let forward = follower.as_ref().map(|link| {
+            cluster::ForwardState::new(
+                link.node.clone(),
+                link.writer.clone(),
+                settings.max_body_bytes,
+                store.clone(),
+                shared.clone(),
+            )
+        });
         let state = AppState {
+            follower: follower.is_some(),
             integrations,
             engine,
             shared,
@@ -175,15 +236,60 @@ impl Running {
             stats_history: Arc::default(),
         };
         tokio::spawn(stats_feed::run(state.clone()));
+        if let Some(link) = follower {
+            tokio::spawn(cluster::replica::run(
+                link.bus.clone(),
+                state.store.clone(),
+                state.shared.clone(),
+                state.shutdown.clone(),
+            ));
+            tokio::spawn(cluster::links::run_follower_links(
+                link.bus,
+                link.node,
+                state.shared.clone(),
+                state.connections.clone(),
+                state.shutdown.clone(),
+            ));
+            tokio::spawn(refresh_keys(state.clone()));
+        }
         Ok(Running {
             state,
             trigger,
             engine_task,
+            forward,
         })
     }
 
+    /// The writer of a cluster: publishes what it commits on the bus and takes the
+    /// followers' acks and open streams, until shutdown.
+    pub fn start_writer_links(&self, bus: Arc<cluster::Bus>) {
+        tokio::spawn(cluster::relay::run(
+            bus.clone(),
+            self.state.store.clone(),
+            self.state.shared.clone(),
+            self.state.shutdown.clone(),
+        ));
+        let engine = self.state.engine.clone();
+        let connections = self.state.connections.clone();
+        let shutdown = self.state.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) =
+                cluster::links::run_writer_links(bus, engine, connections, shutdown).await
+            {
+                tracing::error!(%error, "the writer cannot hear the followers");
+            }
+        });
+    }
+
     pub fn router(&self) -> Router {
-        routes::router(self.state.clone())
+        let router = routes::router(self.state.clone());
+        match &self.forward {
+            None => router,
+            Some(forward) => router.layer(axum::middleware::from_fn_with_state(
+                forward.clone(),
+                cluster::forward_writes,
+            )),
+        }
     }
 
     /// Stops streams, timers, the engine and the outbox workers; waits for the engine's last
@@ -200,5 +306,20 @@ impl Running {
 
     pub fn fire_shutdown(&self) {
         self.trigger.fire();
+    }
+}
+
+/// A follower's keys, read again every `FOLLOWER_KEYS_EVERY` until shutdown.
+async fn refresh_keys(state: AppState) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOWER_KEYS_EVERY) => {}
+            _ = shutdown.fired() => return,
+        }
+        match state.store.keys().await {
+            Ok(keys) => state.shared.replace_keys(keys),
+            Err(error) => tracing::warn!(%error, "cannot read the keys again"),
+        }
     }
 }

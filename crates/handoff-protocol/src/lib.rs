@@ -840,6 +840,14 @@ pub struct AckFrame {
 pub struct Health {
     pub status: String,
     pub head_seq: u64,
+    /// `writer`: this node runs the engine (always so on one node); `follower`: a node of a
+    /// cluster that serves streams and forwards the rest to the writer.
+    #[serde(default = "writer_role")]
+    pub role: String,
+}
+
+fn writer_role() -> String {
+    "writer".to_owned()
 }
 
 /// `POST /v1/session`: trade a token, or a one-time sign-in code, for the web UI's session

@@ -5,12 +5,18 @@
 //! The store knows nothing of HTTP, JSON or the domain: an event is a `seq`, a type name, a
 //! subject, a time, the agents it is for and an opaque text payload. Every `commit` is one
 //! transaction; when it returns `Ok` the batch is durable under the configured `Durability`.
+//!
+//! Two backends: embedded SQLite (`sqlite.rs`), and PostgreSQL (`postgres.rs`), which also
+//! offers a writer lease with fencing for nodes that share one database.
 
 pub mod conformance;
+mod dir_lock;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
+pub use postgres::{open_postgres, LeaseGrant, LeaseInfo, PostgresStore};
 pub use sqlite::{SqliteStore, FSYNC_WAL_AUTOCHECKPOINT_PAGES};
 
 /// Position of an event in the log: starts at 1, strictly increasing, never reused.
@@ -19,10 +25,13 @@ pub type SeqNumber = u64;
 /// How hard a commit waits for the disk before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync before a commit returns (SQLite `synchronous=FULL`). The default.
+    /// fsync before a commit returns (SQLite `synchronous=FULL`; PostgreSQL
+    /// `synchronous_commit = on`). The default.
     Fsync,
     /// Leave flushing to the operating system (SQLite `synchronous=NORMAL`): survives a process
-    /// crash, may lose the last commits on power loss.
+    /// crash, may lose the last commits on power loss. On PostgreSQL, `synchronous_commit =
+    /// off`: survives a crash of handoff; the last commits may be lost if PostgreSQL itself (or
+    /// its machine) crashes.
     Os,
 }
 
@@ -34,6 +43,13 @@ pub enum StoreEngine {
         data_dir: std::path::PathBuf,
         durability: Durability,
     },
+    /// A PostgreSQL database (`url`: `postgres://...` or `key=value` pairs; no TLS yet), every
+    /// table in the PostgreSQL schema `schema`, created when missing.
+    Postgres {
+        url: String,
+        schema: String,
+        durability: Durability,
+    },
 }
 
 /// Opens the backend named by `engine`, creating its schema when missing.
@@ -43,6 +59,11 @@ pub async fn open(engine: StoreEngine) -> Result<Arc<dyn Store>, StoreError> {
             data_dir,
             durability,
         } => Ok(Arc::new(SqliteStore::open(&data_dir, durability)?) as Arc<dyn Store>),
+        StoreEngine::Postgres {
+            url,
+            schema,
+            durability,
+        } => Ok(open_postgres(&url, &schema, durability).await? as Arc<dyn Store>),
     }
 }
 
@@ -191,6 +212,10 @@ pub enum StoreError {
     Closed,
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The store was fenced (`PostgresStore::fence`) and the writer lease is no longer held
+    /// under that epoch: another node may be writing. Nothing of the batch was written.
+    #[error("this node no longer holds the writer lease (epoch {epoch}); the write was not made")]
+    Fenced { epoch: i64 },
 }
 
 /// The durable store. Every backend passes `conformance::run_all`.

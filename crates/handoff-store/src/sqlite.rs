@@ -272,6 +272,8 @@ pub struct SqliteStore {
     /// Published by the writer after each successful transaction.
     head: Arc<AtomicU64>,
     readers: Arc<ReadPool>,
+    /// Keeps any other server off the directory; dropped last, after the writer stopped.
+    _dir_lock: crate::dir_lock::DataDirLock,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -301,6 +303,12 @@ impl SqliteStore {
             path: data_dir.display().to_string(),
             reason,
         })?;
+        // Before the database is touched: a second server must not even migrate it.
+        let dir_lock =
+            crate::dir_lock::DataDirLock::acquire(data_dir).map_err(|reason| StoreError::Open {
+                path: data_dir.display().to_string(),
+                reason,
+            })?;
         let path = data_dir.join(DB_FILE);
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
@@ -346,6 +354,7 @@ impl SqliteStore {
             writer: Some(handle),
             checkpointer,
             head: shared_head,
+            _dir_lock: dir_lock,
         })
     }
 

@@ -18,6 +18,27 @@ pub struct Config {
     pub listen: String,
     /// Where the embedded store and the admin token live.
     pub data_dir: PathBuf,
+    /// The store: `sqlite` (the default: embedded, in `data_dir`) or a PostgreSQL URL such as
+    /// `postgres://handoff@db.example.com/handoff`, which several nodes can share.
+    pub store: String,
+    /// The PostgreSQL schema handoff's tables live in (created when missing).
+    pub store_schema: String,
+    /// The bus that carries committed events to the other nodes: a NATS URL with JetStream,
+    /// e.g. `nats://nats.example.com:4222`. Only with a PostgreSQL store. Default none.
+    pub bus: Option<String>,
+    /// The cluster's name: nodes with the same store and bus and this name are one service
+    /// (it names the JetStream stream and the NATS subjects).
+    pub cluster: String,
+    /// This node's name in the cluster; default the host name and the process id.
+    pub node_id: Option<String>,
+    /// The URL other nodes reach this one at, to forward writes when it holds the writer
+    /// lease; default `http://` and `listen`.
+    pub advertise_url: Option<String>,
+    /// How long the writer lease lasts unless renewed (renewed every third of it): the most a
+    /// cluster waits for a new writer after the writer dies.
+    pub lease_ttl_ms: u64,
+    /// JetStream replicas of the event stream (1, 3 or 5).
+    pub bus_replicas: usize,
     /// `fsync` (default: a 2xx means on disk) or `os` (flushing left to the OS).
     pub durability: String,
     /// Largest `context` of an interaction, serialized.
@@ -83,6 +104,14 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8080".to_owned(),
             data_dir: PathBuf::from("./handoff-data"),
+            store: "sqlite".to_owned(),
+            store_schema: "handoff".to_owned(),
+            bus: None,
+            cluster: "handoff".to_owned(),
+            node_id: None,
+            advertise_url: None,
+            lease_ttl_ms: 5000,
+            bus_replicas: 1,
             durability: "fsync".to_owned(),
             max_context_bytes: 65536,
             offer_timeout_s: 20,
@@ -202,8 +231,28 @@ impl Config {
             rate_limit_per_key,
             rate_limit_burst,
             outbox_attempts_kept,
-            enrich_wait_ms
+            enrich_wait_ms,
+            lease_ttl_ms,
+            bus_replicas
         );
+        if let Some(v) = get(env, "store") {
+            self.store = v.to_owned();
+        }
+        if let Some(v) = get(env, "store_schema") {
+            self.store_schema = v.to_owned();
+        }
+        if let Some(v) = get(env, "bus") {
+            self.bus = Some(v.to_owned()).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = get(env, "cluster") {
+            self.cluster = v.to_owned();
+        }
+        if let Some(v) = get(env, "node_id") {
+            self.node_id = Some(v.to_owned()).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = get(env, "advertise_url") {
+            self.advertise_url = Some(v.to_owned()).filter(|v| !v.is_empty());
+        }
         if let Some(v) = get(env, "listen") {
             self.listen = v.to_owned();
         }
@@ -241,6 +290,40 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        self.store_kind()?;
+        if self.bus.is_some() && self.store == "sqlite" {
+            bail!("bus: several nodes need a shared store; set store to a postgres:// URL");
+        }
+        if let Some(bus) = &self.bus {
+            if !bus.starts_with("nats://") {
+                bail!("bus must be a nats:// URL, not {bus:?}");
+            }
+        }
+        let simple_name = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 48
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !simple_name(&self.cluster) {
+            bail!(
+                "cluster must be 1 to 48 of A-Z, a-z, 0-9, _ and -, not {:?}",
+                self.cluster
+            );
+        }
+        if !simple_name(&self.store_schema) || self.store_schema.contains('-') {
+            bail!(
+                "store_schema must be 1 to 48 of A-Z, a-z, 0-9 and _, not {:?}",
+                self.store_schema
+            );
+        }
+        if !(300..=600_000).contains(&self.lease_ttl_ms) {
+            bail!("lease_ttl_ms must be from 300 to 600000");
+        }
+        if ![1, 3, 5].contains(&self.bus_replicas) {
+            bail!("bus_replicas must be 1, 3 or 5");
+        }
         if !matches!(self.durability.as_str(), "fsync" | "os") {
             bail!(
                 "durability must be \"fsync\" or \"os\", not {:?}",
@@ -281,7 +364,29 @@ impl Config {
     }
 }
 
+/// Which store the configuration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres { url: String },
+}
+
 impl Config {
+    pub fn store_kind(&self) -> anyhow::Result<StoreKind> {
+        if self.store == "sqlite" {
+            return Ok(StoreKind::Sqlite);
+        }
+        if self.store.starts_with("postgres://") || self.store.starts_with("postgresql://") {
+            return Ok(StoreKind::Postgres {
+                url: self.store.clone(),
+            });
+        }
+        bail!(
+            "store must be \"sqlite\" or a postgres:// URL, not {:?}",
+            self.store
+        )
+    }
+
     /// The configured limit on each key's requests, if any.
     pub fn rate_limit(&self) -> Option<handoff_api::rate_limit::RateLimit> {
         (self.rate_limit_per_key > 0).then(|| handoff_api::rate_limit::RateLimit {

@@ -4,6 +4,7 @@ mod bench;
 mod cli_admin;
 mod cli_agent;
 mod cli_ivr;
+mod cluster_node;
 mod config;
 mod demo;
 mod local_server;

@@ -11,51 +11,34 @@ use handoff_api::{ApiSettings, Running};
 use handoff_core::{Command, QueueConfig};
 use handoff_store::{Durability, StoreEngine};
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::stop_signal::StopSignal;
 
 pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Result<()> {
     // Installed first: a signal during recovery is kept, not lost.
-    let mut stop = StopSignal::install()?;
-    let durability = match config.durability.as_str() {
-        "os" => Durability::Os,
-        _ => Durability::Fsync,
-    };
+    let stop = StopSignal::install()?;
+    match config.store_kind()? {
+        StoreKind::Sqlite => run_embedded(config, env, stop).await,
+        StoreKind::Postgres { url } => crate::cluster_node::run(config, env, url, stop).await,
+    }
+}
+
+/// One node on the embedded SQLite store in `data_dir`.
+async fn run_embedded(
+    config: Config,
+    env: &HashMap<String, String>,
+    mut stop: StopSignal,
+) -> anyhow::Result<()> {
     let store = handoff_store::open(StoreEngine::Sqlite {
         data_dir: config.data_dir.clone(),
-        durability,
+        durability: durability(&config),
     })
     .await
     .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let zone = config.zone()?;
-    let queues = config.queue_configs()?;
-    let settings = ApiSettings {
-        max_context_bytes: config.max_context_bytes,
-        max_body_bytes: config.max_context_bytes + 65536,
-        presence_grace: Duration::from_secs(config.presence_grace_s),
-        ping_interval: Duration::from_secs(config.ping_interval_s),
-        allowed_origins: config.allowed_origins.clone(),
-        timezone: zone.clone(),
-        core: handoff_core::Settings {
-            offer_timeout_s: config.offer_timeout_s,
-            offline_on_disconnect: config.offline_on_disconnect,
-            max_missed_offers: config.max_missed_offers,
-            agent_max_wait_s: config.agent_max_wait_s,
-            calendar: Arc::new(zone),
-        },
-        pop_url: config.pop_url.clone(),
-        rate_limit: config.rate_limit(),
-        egress_allow: config.egress_allow.clone(),
-        outbox: config.outbox_settings()?,
-        enrich_wait: Duration::from_millis(config.enrich_wait_ms),
-        ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
-    };
-    let running = Running::start(store, settings)
+    let running = Running::start(store, api_settings(&config)?)
         .await
         .context("recovery from the log failed")?;
-    put_configured_queues(&running, queues).await?;
-    put_configured_connectors(&running, config.connector_requests()?).await?;
-    ensure_admin_key(&running, &config.data_dir, env.get("HANDOFF_ADMIN_TOKEN")).await?;
+    prepare_writer(&running, &config, env).await?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -77,10 +60,60 @@ pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Resul
             tracing::info!(signal, "stopping");
             running.fire_shutdown();
         }
+        reason = running.state.shared.writer_lost() => {
+            running.fire_shutdown();
+            running.shutdown().await;
+            anyhow::bail!("{reason}");
+        }
     }
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+pub(crate) fn durability(config: &Config) -> Durability {
+    match config.durability.as_str() {
+        "os" => Durability::Os,
+        _ => Durability::Fsync,
+    }
+}
+
+/// What the API needs of the configuration.
+pub(crate) fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
+    let zone = config.zone()?;
+    Ok(ApiSettings {
+        max_context_bytes: config.max_context_bytes,
+        max_body_bytes: config.max_context_bytes + 65536,
+        presence_grace: Duration::from_secs(config.presence_grace_s),
+        ping_interval: Duration::from_secs(config.ping_interval_s),
+        allowed_origins: config.allowed_origins.clone(),
+        timezone: zone.clone(),
+        core: handoff_core::Settings {
+            offer_timeout_s: config.offer_timeout_s,
+            offline_on_disconnect: config.offline_on_disconnect,
+            max_missed_offers: config.max_missed_offers,
+            agent_max_wait_s: config.agent_max_wait_s,
+            calendar: Arc::new(zone),
+        },
+        pop_url: config.pop_url.clone(),
+        rate_limit: config.rate_limit(),
+        egress_allow: config.egress_allow.clone(),
+        outbox: config.outbox_settings()?,
+        enrich_wait: Duration::from_millis(config.enrich_wait_ms),
+        ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
+    })
+}
+
+/// What the node that writes does once recovered: the configuration file's queues and
+/// connectors, and an admin key.
+pub(crate) async fn prepare_writer(
+    running: &Running,
+    config: &Config,
+    env: &HashMap<String, String>,
+) -> anyhow::Result<()> {
+    put_configured_queues(running, config.queue_configs()?).await?;
+    put_configured_connectors(running, config.connector_requests()?).await?;
+    ensure_admin_key(running, &config.data_dir, env.get("HANDOFF_ADMIN_TOKEN")).await
 }
 
 /// Puts the connectors of the configuration file, as the queues: the file wins over an edit

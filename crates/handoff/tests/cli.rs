@@ -309,3 +309,56 @@ fn a_bad_configuration_is_refused_with_a_message_naming_the_setting() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("HANDOFF_OFFER_TIMEOUT_S"), "{stderr}");
 }
+
+#[test]
+fn a_second_server_on_one_data_directory_refuses_to_start_and_names_the_first() {
+    let temporary = tempfile::tempdir().unwrap();
+    let data_dir = temporary.path().join("data");
+    let first = start_server(&data_dir);
+    let mut second = handoff()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir)
+        .env("HANDOFF_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the second serve starts");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second server on the same data directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the second server must fail: {stderr}");
+    assert!(
+        stderr.contains("already using this data directory"),
+        "the refusal says why: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.child.id())),
+        "the refusal names the first server: {stderr}"
+    );
+    // The first one was not disturbed: it still answers with its own admin token.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/v1/agents", first.url))
+            .bearer_auth(&first.admin_token)
+            .send()
+            .await
+            .expect("the first server still answers")
+            .status()
+    });
+    assert_eq!(status, 200);
+}

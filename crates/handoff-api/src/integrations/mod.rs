@@ -76,6 +76,9 @@ pub struct IntegrationSettings {
     pub enrich_wait: std::time::Duration,
     /// The core's settings, to make interactions again from their events.
     pub core: handoff_core::Settings,
+    /// A follower of a cluster: nothing is loaded and no worker runs (the writer's node
+    /// delivers, and every request about integrations is forwarded to it).
+    pub dormant: bool,
 }
 
 struct WebhookEntry {
@@ -144,6 +147,9 @@ impl Integrations {
             enrich_wait: settings.enrich_wait,
             core: settings.core,
         });
+        if settings.dormant {
+            return Ok(integrations);
+        }
         let mut webhooks = integrations.webhooks.lock().await;
         for record in store.integrations().await? {
             if record.kind != webhooks::KIND {

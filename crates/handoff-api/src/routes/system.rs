@@ -21,6 +21,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     axum::Json(handoff_protocol::Health {
         status: "ok".to_owned(),
         head_seq: state.shared.head(),
+        role: if state.follower { "follower" } else { "writer" }.to_owned(),
     })
 }
 

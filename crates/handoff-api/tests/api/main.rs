@@ -1,5 +1,6 @@
 //! The API's integration tests: one binary, every test against a real server on port 0 with a
-//! temporary data directory and the real SQLite store.
+//! temporary data directory and the real SQLite store (`fenced_writer.rs`: PostgreSQL, when
+//! HANDOFF_TEST_POSTGRES_URL is set).
 
 mod agent_wait;
 mod bad_input;
@@ -7,6 +8,7 @@ mod commit_failure;
 mod context;
 mod crm;
 mod ended;
+mod fenced_writer;
 mod handoff_flow;
 mod isolation;
 mod pop_url;

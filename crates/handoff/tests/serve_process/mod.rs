@@ -41,6 +41,7 @@ impl ServeProcess {
     }
 
     /// Returns once `/healthz` answers 200, or panics after `patience`.
+    #[allow(dead_code)] // The cluster tests wait for a node's role instead.
     pub async fn wait_healthy(&self, http: &reqwest::Client, patience: Duration) {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
@@ -59,6 +60,24 @@ impl ServeProcess {
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill(self) {}
+
+    /// SIGTERM, then waits for the process to end (its orderly shutdown), at most `patience`.
+    #[allow(dead_code)] // Not every test binary that shares this module stops a server kindly.
+    pub fn terminate(mut self, patience: Duration) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid, which `child` keeps from being reused.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child can be waited for") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not stop within {patience:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for ServeProcess {
