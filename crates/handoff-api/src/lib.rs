@@ -19,6 +19,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod stats_feed;
 pub mod stats_history;
+pub mod uc;
 pub mod web;
 pub mod wire;
 
@@ -61,6 +62,8 @@ pub struct ApiSettings {
     /// How long a create waits for CRM lookups: an answer in time rides in the offer, a later
     /// one follows as `interaction.enriched`.
     pub enrich_wait: Duration,
+    /// Presence and call state from the UC and phone systems (XMPP, SIP, CSTA).
+    pub uc: uc::UcSettings,
 }
 
 impl ApiSettings {
@@ -86,6 +89,7 @@ impl Default for ApiSettings {
             egress_allow: Vec::new(),
             outbox: integrations::outbox::OutboxSettings::default(),
             enrich_wait: Duration::from_millis(150),
+            uc: uc::UcSettings::default(),
         }
     }
 }
@@ -236,6 +240,9 @@ impl Running {
             stats_history: Arc::default(),
         };
         tokio::spawn(stats_feed::run(state.clone()));
+        if follower.is_none() {
+            uc::start(&state.engine, &state.settings.uc, &state.shutdown);
+        }
         if let Some(link) = follower {
             tokio::spawn(cluster::replica::run(
                 link.bus.clone(),

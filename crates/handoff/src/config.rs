@@ -97,6 +97,60 @@ pub struct Config {
     /// `PUT /v1/queues/{name}`). They are put at every start, after recovery, so the file wins
     /// over an edit made through the API. File only: no environment variable.
     pub queues: Vec<PutQueueRequest>,
+    /// Take a call the phone system reports connected at an agent, matching no interaction by
+    /// call id or interaction id, as the agent's one offered interaction: for platforms whose
+    /// leg to the agent has a Call-ID of its own (a B2BUA such as Asterisk). Default false,
+    /// since a personal call answered during an offer would then accept it.
+    pub uc_match_single_offer: bool,
+    /// The XMPP server's client port (`chat.example.com:5222`) to follow the agents' chat
+    /// presence on; default none (no XMPP).
+    pub xmpp_server: Option<String>,
+    /// handoff's account on it, `handoff@chat.example.com`; it must see the agents' presence
+    /// (a shared roster group, or subscriptions it asks for at sign-in).
+    pub xmpp_jid: String,
+    pub xmpp_password: String,
+    /// The domain of agents' JIDs: agent `alice` is `alice@<domain>` unless its `address` is
+    /// an `xmpp:` URI. Default the domain of `xmpp_jid`.
+    pub xmpp_agent_domain: Option<String>,
+    /// `required` (STARTTLS, the default) or `off` (plain TCP, for loopback or a trusted
+    /// network only).
+    pub xmpp_tls: String,
+    /// A PEM file of certificates to trust beside the public roots for STARTTLS: a private CA,
+    /// or a self-signed server. Default none.
+    pub xmpp_tls_ca: Option<PathBuf>,
+    /// Overrides of what each `show` means, e.g. `xa=offline, dnd=busy`: keys `available`,
+    /// `chat`, `away`, `xa`, `dnd`, `unavailable`; values `available`, `away`, `busy`,
+    /// `offline`. Default chat/available → available, away/xa → away, dnd → busy,
+    /// unavailable → offline.
+    pub xmpp_show_map: String,
+    /// How long to wait before signing in again after the connection drops.
+    pub xmpp_reconnect_ms: u64,
+    /// The SIP proxy or PBX (`pbx.example.com:5060`, UDP) to subscribe to each agent's
+    /// `dialog` and `presence` at; default none (no SIP monitoring). Agents with a `sip:`
+    /// address are followed.
+    pub sip_proxy: Option<String>,
+    /// The local UDP address handoff takes NOTIFYs on.
+    pub sip_bind: String,
+    /// The host handoff names in its Via and Contact when `sip_bind` is a wildcard address.
+    pub sip_contact_host: Option<String>,
+    /// handoff's own SIP address, the From of its SUBSCRIBEs; default `sip:handoff@` and the
+    /// proxy's host.
+    pub sip_from: Option<String>,
+    /// Digest credentials, when the proxy challenges SUBSCRIBEs.
+    pub sip_username: Option<String>,
+    pub sip_password: Option<String>,
+    /// How long each subscription is asked for; refreshed before it runs out.
+    pub sip_expires_s: u64,
+    /// Subscribe to `presence` (PIDF) too, not only `dialog`.
+    pub sip_presence: bool,
+    /// The CSTA Phase III XML server (`pbx.example.com:7001`, TCP) to monitor the agents'
+    /// devices on; default none (no CSTA).
+    pub csta_server: Option<String>,
+    /// The application id of the CSTA session, and its password when the server asks one.
+    pub csta_application: String,
+    pub csta_password: Option<String>,
+    /// How long to wait before connecting again after the CSTA link drops.
+    pub csta_reconnect_ms: u64,
 }
 
 impl Default for Config {
@@ -137,6 +191,27 @@ impl Default for Config {
             rate_limit_per_key: 0,
             rate_limit_burst: 0,
             queues: Vec::new(),
+            uc_match_single_offer: false,
+            xmpp_server: None,
+            xmpp_jid: String::new(),
+            xmpp_password: String::new(),
+            xmpp_agent_domain: None,
+            xmpp_tls: "required".to_owned(),
+            xmpp_tls_ca: None,
+            xmpp_show_map: String::new(),
+            xmpp_reconnect_ms: 2000,
+            sip_proxy: None,
+            sip_bind: "0.0.0.0:5070".to_owned(),
+            sip_contact_host: None,
+            sip_from: None,
+            sip_username: None,
+            sip_password: None,
+            sip_expires_s: 600,
+            sip_presence: true,
+            csta_server: None,
+            csta_application: "handoff".to_owned(),
+            csta_password: None,
+            csta_reconnect_ms: 2000,
         }
     }
 }
@@ -233,8 +308,49 @@ impl Config {
             outbox_attempts_kept,
             enrich_wait_ms,
             lease_ttl_ms,
-            bus_replicas
+            bus_replicas,
+            xmpp_reconnect_ms,
+            sip_expires_s,
+            csta_reconnect_ms
         );
+        // Each text setting; an empty value unsets an optional one.
+        macro_rules! texts {
+            ($config:ident: $($field:ident),+) => {
+                $(if let Some(v) = get(env, stringify!($field)) {
+                    $config.$field = v.to_owned();
+                })+
+            };
+        }
+        macro_rules! optional_texts {
+            ($config:ident: $($field:ident),+) => {
+                $(if let Some(v) = get(env, stringify!($field)) {
+                    $config.$field = Some(v.to_owned()).filter(|v| !v.is_empty());
+                })+
+            };
+        }
+        texts!(self: xmpp_jid, xmpp_password, xmpp_tls, xmpp_show_map, sip_bind, csta_application);
+        optional_texts!(self:
+            xmpp_server,
+            xmpp_agent_domain,
+            sip_proxy,
+            sip_contact_host,
+            sip_from,
+            sip_username,
+            sip_password,
+            csta_server,
+            csta_password
+        );
+        if let Some(v) = get(env, "xmpp_tls_ca") {
+            self.xmpp_tls_ca = Some(PathBuf::from(v)).filter(|path| !path.as_os_str().is_empty());
+        }
+        for (key, field) in [
+            ("uc_match_single_offer", &mut self.uc_match_single_offer),
+            ("sip_presence", &mut self.sip_presence),
+        ] {
+            if let Some(v) = get(env, key) {
+                *field = boolean(key, v)?;
+            }
+        }
         if let Some(v) = get(env, "store") {
             self.store = v.to_owned();
         }
@@ -352,6 +468,7 @@ impl Config {
                 .map_err(|reason| anyhow::anyhow!("pop_url: {reason}"))?;
         }
         self.queue_configs()?;
+        self.uc_settings()?;
         self.listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| {
@@ -395,6 +512,114 @@ impl Config {
                 0 => self.rate_limit_per_key.saturating_mul(2),
                 burst => burst,
             },
+        })
+    }
+
+    /// The UC adapters the configuration turns on, checked.
+    pub fn uc_settings(&self) -> anyhow::Result<handoff_api::uc::UcSettings> {
+        use handoff_api::uc::{csta, sip, xmpp, UcSettings, UcSignalSettings};
+        let host_port = |key: &str, value: &str| -> anyhow::Result<()> {
+            match value.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+                _ => bail!("{key}: {value:?} is not a host:port such as pbx.example.com:5060"),
+            }
+        };
+        let xmpp = match &self.xmpp_server {
+            None => None,
+            Some(server) => {
+                host_port("xmpp_server", server)?;
+                let Some((_, jid_domain)) = self.xmpp_jid.split_once('@') else {
+                    bail!("xmpp_jid: {:?} is not a JID such as handoff@chat.example.com (needed with xmpp_server)", self.xmpp_jid);
+                };
+                let jid_domain = jid_domain.split('/').next().unwrap_or_default();
+                if jid_domain.is_empty() {
+                    bail!("xmpp_jid: {:?} has no domain", self.xmpp_jid);
+                }
+                if self.xmpp_password.is_empty() {
+                    bail!("xmpp_password is needed with xmpp_server");
+                }
+                let tls = match self.xmpp_tls.as_str() {
+                    "required" => xmpp::XmppTls::Required,
+                    "off" => xmpp::XmppTls::Off,
+                    other => bail!("xmpp_tls must be \"required\" or \"off\", not {other:?}"),
+                };
+                Some(xmpp::XmppSettings {
+                    server: server.clone(),
+                    jid: self.xmpp_jid.clone(),
+                    password: self.xmpp_password.clone(),
+                    agent_domain: self
+                        .xmpp_agent_domain
+                        .clone()
+                        .unwrap_or_else(|| jid_domain.to_owned()),
+                    tls,
+                    tls_ca: self.xmpp_tls_ca.clone(),
+                    show_map: xmpp::ShowMap::parse_overrides(&self.xmpp_show_map)
+                        .map_err(|reason| anyhow::anyhow!("xmpp_show_map: {reason}"))?,
+                    reconnect: std::time::Duration::from_millis(self.xmpp_reconnect_ms.max(100)),
+                })
+            }
+        };
+        let sip = match &self.sip_proxy {
+            None => None,
+            Some(proxy) => {
+                host_port("sip_proxy", proxy)?;
+                let bind = self
+                    .sip_bind
+                    .parse::<std::net::SocketAddr>()
+                    .with_context(|| {
+                        format!(
+                            "sip_bind: {:?} is not an address like 0.0.0.0:5070",
+                            self.sip_bind
+                        )
+                    })?;
+                let proxy_host = proxy
+                    .rsplit_once(':')
+                    .map(|(host, _)| host)
+                    .unwrap_or(proxy);
+                let from = self
+                    .sip_from
+                    .clone()
+                    .unwrap_or_else(|| format!("sip:handoff@{proxy_host}"));
+                if !from.starts_with("sip:") || !from.contains('@') {
+                    bail!("sip_from: {from:?} is not a SIP address such as sip:handoff@pbx.example.com");
+                }
+                if self.sip_username.is_some() != self.sip_password.is_some() {
+                    bail!("sip_username and sip_password go together");
+                }
+                if !(60..=86_400).contains(&self.sip_expires_s) {
+                    bail!("sip_expires_s must be from 60 to 86400");
+                }
+                Some(sip::SipSettings {
+                    proxy: proxy.clone(),
+                    bind,
+                    contact_host: self.sip_contact_host.clone(),
+                    from,
+                    username: self.sip_username.clone(),
+                    password: self.sip_password.clone(),
+                    expires: std::time::Duration::from_secs(self.sip_expires_s),
+                    presence: self.sip_presence,
+                })
+            }
+        };
+        let csta = match &self.csta_server {
+            None => None,
+            Some(server) => {
+                host_port("csta_server", server)?;
+                Some(csta::CstaSettings {
+                    server: server.clone(),
+                    application: self.csta_application.clone(),
+                    password: self.csta_password.clone(),
+                    reconnect: std::time::Duration::from_millis(self.csta_reconnect_ms.max(100)),
+                })
+            }
+        };
+        Ok(UcSettings {
+            signals: UcSignalSettings {
+                match_single_offer: self.uc_match_single_offer,
+            },
+            xmpp,
+            sip,
+            csta,
         })
     }
 
@@ -817,5 +1042,91 @@ name = "general"
             .map(|q| q.name.to_string())
             .collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn no_uc_adapter_runs_unless_its_server_is_set() {
+        let uc = load_env(&[]).unwrap().uc_settings().unwrap();
+        assert!(!uc.any());
+    }
+
+    #[test]
+    fn uc_adapters_are_read_from_the_environment() {
+        let config = load_env(&[
+            ("HANDOFF_XMPP_SERVER", "chat.example.com:5222"),
+            ("HANDOFF_XMPP_JID", "handoff@chat.example.com"),
+            ("HANDOFF_XMPP_PASSWORD", "pw"),
+            ("HANDOFF_XMPP_SHOW_MAP", "xa=offline"),
+            ("HANDOFF_SIP_PROXY", "pbx.example.com:5060"),
+            ("HANDOFF_SIP_PRESENCE", "false"),
+            ("HANDOFF_CSTA_SERVER", "pbx.example.com:7001"),
+            ("HANDOFF_UC_MATCH_SINGLE_OFFER", "true"),
+        ])
+        .unwrap();
+        let uc = config.uc_settings().unwrap();
+        let xmpp = uc.xmpp.unwrap();
+        assert_eq!(
+            xmpp.agent_domain, "chat.example.com",
+            "the JID's domain by default"
+        );
+        assert_eq!(xmpp.tls, handoff_api::uc::xmpp::XmppTls::Required);
+        assert_eq!(xmpp.show_map.xa, handoff_core::PresenceStatus::Offline);
+        let sip = uc.sip.unwrap();
+        assert_eq!(sip.from, "sip:handoff@pbx.example.com");
+        assert!(!sip.presence);
+        assert_eq!(sip.expires, std::time::Duration::from_secs(600));
+        assert_eq!(uc.csta.unwrap().application, "handoff");
+        assert!(uc.signals.match_single_offer);
+    }
+
+    #[test]
+    fn bad_uc_settings_are_refused_naming_the_setting() {
+        let xmpp = [
+            ("HANDOFF_XMPP_SERVER", "chat.example.com:5222"),
+            ("HANDOFF_XMPP_JID", "handoff@chat.example.com"),
+            ("HANDOFF_XMPP_PASSWORD", "pw"),
+        ];
+        for (bad, named) in [
+            (("HANDOFF_XMPP_TLS", "maybe"), "xmpp_tls"),
+            (("HANDOFF_XMPP_SHOW_MAP", "dnd=lunch"), "xmpp_show_map"),
+            (("HANDOFF_XMPP_JID", "handoff"), "xmpp_jid"),
+            (("HANDOFF_XMPP_PASSWORD", ""), "xmpp_password"),
+            (("HANDOFF_XMPP_SERVER", "chat.example.com"), "xmpp_server"),
+        ] {
+            let mut env = xmpp.to_vec();
+            env.retain(|(key, _)| *key != bad.0);
+            env.push(bad);
+            let error = format!("{:#}", load_env(&env).unwrap_err());
+            assert!(error.contains(named), "{bad:?}: {error}");
+        }
+        for (env, named) in [
+            (vec![("HANDOFF_SIP_PROXY", "pbx:sip")], "sip_proxy"),
+            (
+                vec![
+                    ("HANDOFF_SIP_PROXY", "pbx:5060"),
+                    ("HANDOFF_SIP_BIND", "any"),
+                ],
+                "sip_bind",
+            ),
+            (
+                vec![
+                    ("HANDOFF_SIP_PROXY", "pbx:5060"),
+                    ("HANDOFF_SIP_USERNAME", "u"),
+                ],
+                "sip_username",
+            ),
+            (
+                vec![
+                    ("HANDOFF_SIP_PROXY", "pbx:5060"),
+                    ("HANDOFF_SIP_EXPIRES_S", "5"),
+                ],
+                "sip_expires_s",
+            ),
+            (vec![("HANDOFF_CSTA_SERVER", "pbx")], "csta_server"),
+            (vec![("HANDOFF_SIP_PRESENCE", "sometimes")], "SIP_PRESENCE"),
+        ] {
+            let error = format!("{:#}", load_env(&env).unwrap_err());
+            assert!(error.contains(named), "{env:?}: {error}");
+        }
     }
 }

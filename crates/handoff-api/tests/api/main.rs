@@ -18,6 +18,10 @@ mod rate_limit;
 mod receiver;
 mod replay;
 mod stream_lifecycle;
+mod uc_csta;
+mod uc_sip;
+mod uc_support;
+mod uc_xmpp;
 mod web;
 mod webhooks;
 

@@ -1,0 +1,1 @@
+//! The SIP monitoring tests (they land with the SIP adapter).
