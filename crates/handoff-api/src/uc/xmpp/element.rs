@@ -110,6 +110,18 @@ impl ElementSplitter {
                     tracing::trace!(%error, "waiting for the rest of a stanza");
                     break None;
                 }
+                // The stream's end tag: its start was read by an earlier call, so the reader
+                // sees an end with nothing open.
+                Err(quick_xml::Error::IllFormed(
+                    quick_xml::errors::IllFormedError::UnmatchedEndTag(name),
+                )) if stack.is_empty()
+                    && self.opened
+                    && name.rsplit(':').next() == Some("stream") =>
+                {
+                    self.opened = false;
+                    settled = position(&reader);
+                    break Some(StreamItem::Closed);
+                }
                 Err(error) => return Err(ElementError::Malformed(error.to_string())),
             };
             match event {
@@ -151,21 +163,26 @@ impl ElementSplitter {
                                 element.name
                             )))
                         }
-                        Some(element) => match stack.last_mut() {
-                            Some(parent) => parent.children.push(element),
-                            None => {
-                                settled = position(&reader);
-                                break Some(StreamItem::Stanza(element));
+                        Some(mut element) => {
+                            // Unescaped only now that the element is whole: an entity may
+                            // have been split between two reads.
+                            element.text = quick_xml::escape::unescape(&element.text)
+                                .map_err(|error| ElementError::Malformed(error.to_string()))?
+                                .into_owned();
+                            match stack.last_mut() {
+                                Some(parent) => parent.children.push(element),
+                                None => {
+                                    settled = position(&reader);
+                                    break Some(StreamItem::Stanza(element));
+                                }
                             }
-                        },
+                        }
                     }
                 }
                 Event::Text(text) => {
                     if let Some(top) = stack.last_mut() {
-                        let text = text
-                            .unescape()
-                            .map_err(|error| ElementError::Malformed(error.to_string()))?;
-                        top.text.push_str(&text);
+                        // Kept escaped until the element ends (see above).
+                        top.text.push_str(&String::from_utf8_lossy(&text));
                     } else {
                         // Whitespace between stanzas: keepalives.
                         settled = position(&reader);
@@ -173,7 +190,10 @@ impl ElementSplitter {
                 }
                 Event::CData(data) => {
                     if let Some(top) = stack.last_mut() {
-                        top.text.push_str(&String::from_utf8_lossy(&data));
+                        // Escaped so that unescaping the whole text gives it back as it was.
+                        top.text.push_str(&quick_xml::escape::escape(
+                            String::from_utf8_lossy(&data).as_ref(),
+                        ));
                     }
                 }
                 Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {
