@@ -15,6 +15,7 @@
 //! `HANDOFF_TEST_KAMAILIO` and `HANDOFF_TEST_SIPP`. Without them the test says it is skipped.
 
 mod serve_process;
+mod uc_common;
 
 use std::net::UdpSocket;
 use std::os::unix::process::CommandExt;
@@ -27,11 +28,9 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use serve_process::ServeProcess;
+use uc_common::{passed_within, repo_root, HandoffServer, PATIENCE};
 
 const ADMIN: &str = "hk_uc_kamailio_relay_admin_0123456789abcdef";
-/// Every wait of the test is bounded by this; the whole test takes a few seconds.
-const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Child processes (Kamailio, sipp), each the leader of its own process group: Kamailio forks
 /// workers, so a drop terminates the whole group, then kills what is left of it.
@@ -94,6 +93,14 @@ impl Children {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Waits for child `name` as [`Children::wait`] does and panics with `failure`, its exit
+    /// status and `diagnostics()` unless it succeeded: a sipp scenario exits 0 only if every
+    /// message it expected came.
+    fn wait_success(&mut self, name: &str, failure: &str, diagnostics: &dyn Fn() -> String) {
+        let status = self.wait(name, PATIENCE, diagnostics);
+        assert!(status.success(), "{failure}: {status}\n{}", diagnostics());
+    }
 }
 
 impl Drop for Children {
@@ -132,13 +139,6 @@ fn tool(variable: &str, test: &str) -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
 }
 
 /// A UDP port on loopback that nobody holds now (sipp and Kamailio bind it next).
@@ -213,24 +213,51 @@ fn wait_for_kamailio(port: u16, diagnostics: &dyn Fn() -> String) {
     }
 }
 
-async fn admin(
-    http: &reqwest::Client,
-    base: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut request = http
-        .request(method.clone(), format!("{base}{path}"))
-        .bearer_auth(ADMIN);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("handoff answers");
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{method} {path}: {status} {body}");
-    body
+/// A sipp caller running the scenario `fixtures/<scenario>` once against Kamailio on
+/// `kamailio_port`, dialling `support` from free ports, with Call-IDs `handoff-<call_ids>-…` so
+/// that its interactions can be told apart; the caller adds where its output goes.
+fn sipp_caller(
+    sipp: &Path,
+    fixtures: &Path,
+    scenario: &str,
+    kamailio_port: u16,
+    call_ids: &str,
+) -> Command {
+    let mut command = Command::new(sipp);
+    command
+        .arg("-sf")
+        .arg(fixtures.join(scenario))
+        .arg(format!("127.0.0.1:{kamailio_port}"))
+        .args(["-s", "support", "-i", "127.0.0.1"])
+        .args(["-p", &free_udp_port().to_string()])
+        .args(["-mp", &free_media_port().to_string()])
+        .args(["-m", "1", "-nostdin", "-timeout", "20", "-timeout_error"])
+        .args(["-cid_str", &format!("handoff-{call_ids}-%u-%p@%s")])
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// The latest interactions of queue `support` (the whole listing, for failure messages) and
+/// those of them whose IVR collected `account`: each scenario keys a different account.
+async fn support_interactions_with_account(
+    server: &HandoffServer,
+    account: &str,
+) -> (Value, Vec<Value>) {
+    let listed = server
+        .admin(
+            reqwest::Method::GET,
+            "/v1/interactions?queue=support&limit=10",
+            None,
+        )
+        .await;
+    let matching = listed["interactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["context"]["account"] == account)
+        .cloned()
+        .collect();
+    (listed, matching)
 }
 
 fn read(path: &Path) -> String {
@@ -262,58 +289,19 @@ async fn kamailio_asks_handoff_and_relays_the_call_to_the_agent_with_the_interac
     let fixtures = root.join("crates/handoff/tests/uc_fixtures");
     let temporary = tempfile::tempdir().unwrap();
     let dir = temporary.path().to_path_buf();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
 
     // handoff, with an agent a1 whose phone is the sipp agent below, in queue `support`.
-    let server = ServeProcess::start(&dir.join("data"), ADMIN, &[]);
-    server.wait_healthy(&http, PATIENCE).await;
+    let server = HandoffServer::start(&dir.join("data"), ADMIN, Duration::from_secs(10)).await;
     let base = server.base.clone();
     let agent_port = free_udp_port();
     let agent_address = format!("sip:a1@127.0.0.1:{agent_port}");
-    use reqwest::Method;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1",
-        Some(json!({"name": "Agent One", "address": agent_address})),
-    )
-    .await;
-    let agent_token = admin(&http, &base, Method::POST, "/v1/agents/a1/tokens", None).await
-        ["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/queues/support",
-        Some(json!({})),
-    )
-    .await;
-    let ivr_token = admin(
-        &http,
-        &base,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "ivr", "name": "kamailio"})),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ivr_token = server
+        .support_queue_with_agent_a1(
+            json!({"name": "Agent One", "address": agent_address}),
+            "kamailio",
+        )
+        .await;
+    let agent_token = server.a1_token().await;
 
     // a1's desktop: every event of its stream, as it arrives.
     let mut request = format!("{}/v1/agents/a1/stream", base.replacen("http", "ws", 1))
@@ -408,32 +396,19 @@ async fn kamailio_asks_handoff_and_relays_the_call_to_the_agent_with_the_interac
     wait_until_bound(agent_port, "the sipp agent", &diagnostics);
 
     // The caller: dials the contact centre with what the IVR collected.
+    let mut caller = sipp_caller(
+        &sipp,
+        &fixtures,
+        "kamailio_caller_uac.xml",
+        kamailio_port,
+        "relay",
+    );
     children.spawn(
         "caller",
-        Command::new(&sipp)
-            .arg("-sf")
-            .arg(fixtures.join("kamailio_caller_uac.xml"))
-            .arg(format!("127.0.0.1:{kamailio_port}"))
-            .args(["-s", "support", "-i", "127.0.0.1"])
-            .args(["-p", &free_udp_port().to_string()])
-            .args(["-mp", &free_media_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "20", "-timeout_error"])
-            .args(["-cid_str", "handoff-relay-%u-%p@%s"])
-            .stdout(std::fs::File::create(&caller_out).unwrap())
-            .stderr(Stdio::inherit()),
+        caller.stdout(std::fs::File::create(&caller_out).unwrap()),
     );
-    let caller = children.wait("caller", PATIENCE, &diagnostics);
-    assert!(
-        caller.success(),
-        "the caller's call failed: {caller}\n{}",
-        diagnostics()
-    );
-    let agent = children.wait("agent", PATIENCE, &diagnostics);
-    assert!(
-        agent.success(),
-        "the agent's call failed: {agent}\n{}",
-        diagnostics()
-    );
+    children.wait_success("caller", "the caller's call failed", &diagnostics);
+    children.wait_success("agent", "the agent's call failed", &diagnostics);
 
     // What the agent's phone saw on the INVITE.
     let actions = read(&agent_log);
@@ -464,14 +439,7 @@ async fn kamailio_asks_handoff_and_relays_the_call_to_the_agent_with_the_interac
     assert_eq!(popped["target"], json!({"queue": "support"}), "{offered:#}");
 
     // handoff's own record: the SIP Call-ID, and the caller's BYE reported as a hangup.
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{interaction_id}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&interaction_id).await;
     assert_eq!(interaction["call_id"], call_id.as_str(), "{interaction:#}");
     assert_eq!(
         interaction["context"]["account"], "12345",
@@ -483,51 +451,28 @@ async fn kamailio_asks_handoff_and_relays_the_call_to_the_agent_with_the_interac
     );
 
     // No agent available: held with 182, refused with 480 and Retry-After, abandoned.
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "away"})),
-    )
-    .await;
+    server.set_a1_presence("away").await;
+    let mut no_agent = sipp_caller(
+        &sipp,
+        &fixtures,
+        "kamailio_caller_no_agent.xml",
+        kamailio_port,
+        "noagent",
+    );
     children.spawn(
         "no-agent caller",
-        Command::new(&sipp)
-            .arg("-sf")
-            .arg(fixtures.join("kamailio_caller_no_agent.xml"))
-            .arg(format!("127.0.0.1:{kamailio_port}"))
-            .args(["-s", "support", "-i", "127.0.0.1"])
-            .args(["-p", &free_udp_port().to_string()])
-            .args(["-mp", &free_media_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "20", "-timeout_error"])
-            .args(["-cid_str", "handoff-noagent-%u-%p@%s"])
+        no_agent
             .args(["-trace_logs", "-log_file"])
             .arg(&no_agent_log)
-            .stdout(std::fs::File::create(&no_agent_out).unwrap())
-            .stderr(Stdio::inherit()),
+            .stdout(std::fs::File::create(&no_agent_out).unwrap()),
     );
-    let refused = children.wait("no-agent caller", PATIENCE, &diagnostics);
-    assert!(
-        refused.success(),
-        "the caller was not refused with 480: {refused}\n{}",
-        diagnostics()
+    children.wait_success(
+        "no-agent caller",
+        "the caller was not refused with 480",
+        &diagnostics,
     );
     assert!(logged(&read(&no_agent_log), "retry_after").is_some());
-    let listed = admin(
-        &http,
-        &base,
-        Method::GET,
-        "/v1/interactions?queue=support&limit=10",
-        None,
-    )
-    .await;
-    let queued: Vec<&Value> = listed["interactions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["context"]["account"] == "67890")
-        .collect();
+    let (listed, queued) = support_interactions_with_account(&server, "67890").await;
     assert_eq!(queued.len(), 1, "{listed:#}");
     assert_eq!(queued[0]["state"], "abandoned", "{listed:#}");
     assert!(
@@ -541,51 +486,28 @@ async fn kamailio_asks_handoff_and_relays_the_call_to_the_agent_with_the_interac
     // A caller who gives up while queued: 487, and handoff told at once (abandoned), the
     // wait cut short by that very change.
     let cancel_out = dir.join("cancel.out");
+    let mut cancelling = sipp_caller(
+        &sipp,
+        &fixtures,
+        "kamailio_caller_cancel.xml",
+        kamailio_port,
+        "cancel",
+    );
     children.spawn(
         "cancelling caller",
-        Command::new(&sipp)
-            .arg("-sf")
-            .arg(fixtures.join("kamailio_caller_cancel.xml"))
-            .arg(format!("127.0.0.1:{kamailio_port}"))
-            .args(["-s", "support", "-i", "127.0.0.1"])
-            .args(["-p", &free_udp_port().to_string()])
-            .args(["-mp", &free_media_port().to_string()])
-            .args(["-m", "1", "-nostdin", "-timeout", "20", "-timeout_error"])
-            .args(["-cid_str", "handoff-cancel-%u-%p@%s"])
-            .stdout(std::fs::File::create(&cancel_out).unwrap())
-            .stderr(Stdio::inherit()),
+        cancelling.stdout(std::fs::File::create(&cancel_out).unwrap()),
     );
-    let cancelled = children.wait("cancelling caller", PATIENCE, &diagnostics);
-    assert!(
-        cancelled.success(),
-        "the CANCEL was not answered with 487: {cancelled}\n{}\n{}",
-        read(&cancel_out),
-        diagnostics()
+    children.wait_success(
+        "cancelling caller",
+        "the CANCEL was not answered with 487",
+        &|| format!("{}\n{}", read(&cancel_out), diagnostics()),
     );
-    let listed = admin(
-        &http,
-        &base,
-        Method::GET,
-        "/v1/interactions?queue=support&limit=10",
-        None,
-    )
-    .await;
-    let gave_up: Vec<&Value> = listed["interactions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["context"]["account"] == "24680")
-        .collect();
+    let (listed, gave_up) = support_interactions_with_account(&server, "24680").await;
     assert_eq!(gave_up.len(), 1, "{listed:#}");
     assert_eq!(gave_up[0]["state"], "abandoned", "{listed:#}");
 
     reader.abort();
     drop(children);
     server.kill();
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
-    println!("{test}: passed in {:?}", started.elapsed());
+    passed_within(test, started, Duration::from_secs(60));
 }

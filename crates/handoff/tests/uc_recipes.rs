@@ -12,17 +12,17 @@
 //!   mod_lua's `session` (`uc_fixtures/freeswitch_stub.lua`). Skipped without `lua`/`curl`.
 
 mod serve_process;
+mod uc_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use serve_process::ServeProcess;
+use uc_common::{passed_within, repo_root, HandoffServer, PATIENCE};
 
 const ADMIN: &str = "hk_uc_recipes_admin_0123456789abcdef0123";
-const PATIENCE: Duration = Duration::from_secs(15);
 const AGENT_ADDRESS: &str = "sip:a1@pbx.example.com";
 /// What the Twilio app checks X-Twilio-Signature with.
 const TWILIO_AUTH_TOKEN: &str = "twilio-auth-token-for-the-test";
@@ -37,20 +37,15 @@ impl Drop for Killed {
     }
 }
 
-fn node_available() -> bool {
-    Command::new("node")
-        .arg("--version")
+/// Whether `program <arg>` runs and succeeds: how a test finds out that a tool it needs is on
+/// PATH, to skip (and pass) without it.
+fn runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
 }
 
 fn free_tcp_port() -> u16 {
@@ -91,24 +86,32 @@ fn start_node(script: &Path, env: &[(&str, &str)]) -> (Killed, String) {
     (child, format!("http://127.0.0.1:{port}"))
 }
 
-async fn admin(
-    http: &reqwest::Client,
-    base: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut request = http
-        .request(method.clone(), format!("{base}{path}"))
-        .bearer_auth(ADMIN);
-    if let Some(body) = body {
-        request = request.json(&body);
+/// Whether `program` is not on PATH (`program --version` fails), having said that `test` is
+/// skipped: the recipes' tests pass without the tools they drive.
+fn missing(program: &str, test: &str) -> bool {
+    let missing = !runs(program, "--version");
+    if missing {
+        println!("skipped {test}: {program} is not on PATH");
     }
-    let response = request.send().await.expect("handoff answers");
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{method} {path}: {status} {body}");
-    body
+    missing
+}
+
+/// `handoff serve` for one test, its data in `temporary` (requests time out after 20 s), with
+/// agent a1 at [`AGENT_ADDRESS`] (of `capacity`, else the default) available in queue
+/// `support`; returns it and the token of a new IVR key named `ivr_name`.
+async fn start_server(
+    temporary: &Path,
+    capacity: Option<u32>,
+    ivr_name: &str,
+) -> (HandoffServer, String) {
+    let server =
+        HandoffServer::start(&temporary.join("data"), ADMIN, Duration::from_secs(20)).await;
+    let mut agent = json!({"name": "Agent One", "address": AGENT_ADDRESS});
+    if let Some(capacity) = capacity {
+        agent["capacity"] = capacity.into();
+    }
+    let ivr_token = server.support_queue_with_agent_a1(agent, ivr_name).await;
+    (server, ivr_token)
 }
 
 /// Twilio's X-Twilio-Signature: base64(HMAC-SHA1(auth token, URL + each POST parameter
@@ -164,6 +167,14 @@ async fn jambonz(http: &reqwest::Client, app: &str, path: &str, payload: Value) 
     response.json().await.expect("verbs as JSON")
 }
 
+/// Asserts what every recipe hands over with the call: the platform's call id, the caller's
+/// number and what the IVR collected (`context`).
+fn assert_handed_over(interaction: &Value, call_id: &str, caller: &str, context: Value) {
+    assert_eq!(interaction["call_id"], call_id, "{interaction:#}");
+    assert_eq!(interaction["caller"], caller, "{interaction:#}");
+    assert_eq!(interaction["context"], context, "{interaction:#}");
+}
+
 /// The text between `start` and the next `end` in `text`.
 fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
     let from = text.find(start)? + start.len();
@@ -174,58 +185,15 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_interaction_id() {
     let test = "uc_recipes";
-    if !node_available() {
-        println!("skipped {test}: node is not on PATH");
+    if missing("node", test) {
         return;
     }
     let started = Instant::now();
     let root = repo_root();
     let temporary = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-
-    let server = ServeProcess::start(&temporary.path().join("data"), ADMIN, &[]);
-    server.wait_healthy(&http, PATIENCE).await;
-    let base = server.base.clone();
-    use reqwest::Method;
     // Room for both recipes' calls at once.
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1",
-        Some(json!({"name": "Agent One", "address": AGENT_ADDRESS, "capacity": 5})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/queues/support",
-        Some(json!({})),
-    )
-    .await;
-    let ivr_token = admin(
-        &http,
-        &base,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "ivr", "name": "recipes"})),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (server, ivr_token) = start_server(temporary.path(), Some(5), "recipes").await;
+    let (http, base) = (server.http.clone(), server.base.clone());
 
     // ---- Twilio ----
     let public = "https://ivr.example.com";
@@ -290,23 +258,15 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
         .unwrap_or_else(|| panic!("not the agent's address with the header: {twiml}"))
         .to_string();
     assert!(twiml.contains("<Dial answerOnBridge=\"true\""), "{twiml}");
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{twilio_interaction}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&twilio_interaction).await;
     assert_eq!(interaction["state"], "offered", "{interaction:#}");
     assert_eq!(interaction["agent"]["id"], "a1", "{interaction:#}");
-    assert_eq!(interaction["call_id"], call_sid, "{interaction:#}");
-    assert_eq!(interaction["caller"], "+15551234567", "{interaction:#}");
     assert_eq!(interaction["dialed"], "+18005550100", "{interaction:#}");
-    assert_eq!(
-        interaction["context"],
+    assert_handed_over(
+        &interaction,
+        call_sid,
+        "+15551234567",
         json!({"intent": "billing", "account": "12345"}),
-        "{interaction:#}"
     );
     // Twilio retries a webhook that timed out: the same interaction, no second pop.
     let (_, again) = twilio(
@@ -328,11 +288,7 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
         action.starts_with(&format!("/dial-ended?id={twilio_interaction}&offer=")),
         "{twiml}"
     );
-    let agent_token = admin(&http, &base, Method::POST, "/v1/agents/a1/tokens", None).await
-        ["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let agent_token = server.a1_token().await;
     let mut no_answer = call.to_vec();
     no_answer.push(("DialCallStatus", "no-answer"));
     let redial = {
@@ -379,14 +335,7 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
     completed[4] = ("CallStatus", "completed");
     let (status, _) = twilio(&http, &twilio_url, public, "/status", &completed).await;
     assert_eq!(status, 204);
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{twilio_interaction}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&twilio_interaction).await;
     assert_eq!(interaction["state"], "abandoned", "{interaction:#}");
 
     // ---- jambonz ----
@@ -449,21 +398,13 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
         .unwrap_or_else(|| panic!("no X-Handoff-Interaction header: {verbs:#}"))
         .to_string();
     assert_ne!(jambonz_interaction, twilio_interaction);
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{jambonz_interaction}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&jambonz_interaction).await;
     assert_eq!(interaction["state"], "offered", "{interaction:#}");
-    assert_eq!(interaction["call_id"], call["call_sid"], "{interaction:#}");
-    assert_eq!(interaction["caller"], "+15557654321", "{interaction:#}");
-    assert_eq!(
-        interaction["context"],
+    assert_handed_over(
+        &interaction,
+        call["call_sid"].as_str().unwrap(),
+        "+15557654321",
         json!({"intent": "billing", "account": "12345", "sip_call_id": call["call_id"]}),
-        "{interaction:#}"
     );
     // The conversation ends: the dial verb's actionHook reports it.
     let ended = jambonz(
@@ -475,25 +416,11 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
     )
     .await;
     assert_eq!(ended, json!([{"verb": "hangup"}]));
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{jambonz_interaction}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&jambonz_interaction).await;
     assert_eq!(interaction["state"], "abandoned", "{interaction:#}");
 
     // No agent available: the caller is held, then dialled once handoff offers the call.
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "away"})),
-    )
-    .await;
+    server.set_a1_presence("away").await;
     let second = json!({"call_sid": "c2-0123", "call_id": "sip-c2", "from": "+15550000002",
         "to": "+18005550100", "digits": "777", "reason": "dtmfDetected"});
     let held = jambonz(
@@ -514,14 +441,7 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
         let second = second.clone();
         tokio::spawn(async move { jambonz(&http, &jambonz_url, &wait_hook, second).await })
     };
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
+    server.set_a1_presence("available").await;
     let verbs = tokio::time::timeout(PATIENCE, waiting)
         .await
         .expect("/wait answers in time")
@@ -530,21 +450,7 @@ async fn the_twilio_and_jambonz_recipes_hand_off_and_dial_the_agent_with_the_int
     assert_eq!(verbs[0]["target"][0]["sipUri"], AGENT_ADDRESS, "{verbs:#}");
 
     server.kill();
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        started.elapsed()
-    );
-    println!("{test}: passed in {:?}", started.elapsed());
-}
-
-fn python_available() -> bool {
-    Command::new("python3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    passed_within(test, started, Duration::from_secs(60));
 }
 
 /// Runs `examples/asterisk/handoff.agi` with `args` the way Asterisk runs an AGI: the `agi_*`
@@ -625,56 +531,14 @@ fn run_agi(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_asterisk_agi_hands_off_and_leaves_the_agent_and_interaction_id_for_the_dialplan() {
     let test = "uc_recipes (Asterisk AGI)";
-    if !python_available() {
-        println!("skipped {test}: python3 is not on PATH");
+    if missing("python3", test) {
         return;
     }
     let started = Instant::now();
     let script = repo_root().join("examples/asterisk/handoff.agi");
     let temporary = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let server = ServeProcess::start(&temporary.path().join("data"), ADMIN, &[]);
-    server.wait_healthy(&http, PATIENCE).await;
+    let (server, ivr) = start_server(temporary.path(), None, "asterisk").await;
     let base = server.base.clone();
-    use reqwest::Method;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1",
-        Some(json!({"name": "Agent One", "address": AGENT_ADDRESS})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/queues/support",
-        Some(json!({})),
-    )
-    .await;
-    let ivr = admin(
-        &http,
-        &base,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "ivr", "name": "asterisk"})),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     // What extensions.conf has set on the caller's channel by the time it runs the AGI.
     let channel = |uniqueid: &str, call_id: &str| {
@@ -721,46 +585,21 @@ async fn the_asterisk_agi_hands_off_and_leaves_the_agent_and_interaction_id_for_
     assert_eq!(variables["HANDOFF_ADDRESS"], AGENT_ADDRESS, "{variables:?}");
     assert_eq!(variables["HANDOFF_AGENT"], "a1", "{variables:?}");
     let id = variables["HANDOFF_ID"].clone();
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(
-        interaction["call_id"], "a84b4c76e66710@pbx.example.com",
-        "{interaction:#}"
-    );
-    assert_eq!(interaction["caller"], "+15551234567", "{interaction:#}");
+    let interaction = server.interaction(&id).await;
     assert_eq!(interaction["dialed"], "18005550100", "{interaction:#}");
-    assert_eq!(
-        interaction["context"],
+    assert_handed_over(
+        &interaction,
+        "a84b4c76e66710@pbx.example.com",
+        "+15551234567",
         json!({"account": "12345", "intent": "billing"}),
-        "{interaction:#}"
     );
     // The hangup handler.
     agi(vec!["hangup"], agi_env, variables).await.unwrap();
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{id}"),
-        None,
-    )
-    .await;
+    let interaction = server.interaction(&id).await;
     assert_eq!(interaction["state"], "abandoned", "{interaction:#}");
 
     // Nobody free: queued; the hold loop's long poll returns once a1 is back, offered.
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "away"})),
-    )
-    .await;
+    server.set_a1_presence("away").await;
     let (variables, agi_env) = channel("1733390000.2", "b2@pbx.example.com");
     let variables = agi(vec!["create", "support"], agi_env.clone(), variables)
         .await
@@ -768,14 +607,7 @@ async fn the_asterisk_agi_hands_off_and_leaves_the_agent_and_interaction_id_for_
     assert_eq!(variables["HANDOFF_STATE"], "queued", "{variables:?}");
     assert_eq!(variables["HANDOFF_ADDRESS"], "", "{variables:?}");
     let waiting = agi(vec!["wait", "10"], agi_env, variables);
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
+    server.set_a1_presence("available").await;
     let variables = tokio::time::timeout(PATIENCE, waiting)
         .await
         .expect("the long poll answers in time")
@@ -791,14 +623,7 @@ async fn the_asterisk_agi_hands_off_and_leaves_the_agent_and_interaction_id_for_
 fn lua() -> Option<&'static str> {
     ["lua5.4", "lua5.3", "lua5.2", "lua"]
         .into_iter()
-        .find(|lua| {
-            Command::new(lua)
-                .arg("-v")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success())
-        })
+        .find(|lua| runs(lua, "-v"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -808,61 +633,14 @@ async fn the_freeswitch_script_hands_off_and_bridges_with_the_interaction_id_hea
         println!("skipped {test}: no lua interpreter on PATH");
         return;
     };
-    let curl_present = Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if !curl_present {
-        println!("skipped {test}: curl is not on PATH");
+    if missing("curl", test) {
         return;
     }
     let started = Instant::now();
     let root = repo_root();
     let temporary = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let server = ServeProcess::start(&temporary.path().join("data"), ADMIN, &[]);
-    server.wait_healthy(&http, PATIENCE).await;
+    let (server, ivr) = start_server(temporary.path(), None, "freeswitch").await;
     let base = server.base.clone();
-    use reqwest::Method;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1",
-        Some(json!({"name": "Agent One", "address": AGENT_ADDRESS})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/agents/a1/presence",
-        Some(json!({"status": "available"})),
-    )
-    .await;
-    admin(
-        &http,
-        &base,
-        Method::PUT,
-        "/v1/queues/support",
-        Some(json!({})),
-    )
-    .await;
-    let ivr = admin(
-        &http,
-        &base,
-        Method::POST,
-        "/v1/keys",
-        Some(json!({"role": "ivr", "name": "freeswitch"})),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     // The caller presses 1 (billing) and keys 12345; the stub records what the script does.
     let sip_call_id = "7d1f0c2e-freeswitch@pbx.example.com";
@@ -902,20 +680,12 @@ async fn the_freeswitch_script_hands_off_and_bridges_with_the_interaction_id_hea
             "{{sip_h_X-Handoff-Interaction={id},call_timeout=20}}sofia/external/{AGENT_ADDRESS}"
         )
     );
-    let interaction = admin(
-        &http,
-        &base,
-        Method::GET,
-        &format!("/v1/interactions/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(interaction["call_id"], sip_call_id, "{interaction:#}");
-    assert_eq!(interaction["caller"], "+15551234567", "{interaction:#}");
-    assert_eq!(
-        interaction["context"],
+    let interaction = server.interaction(&id).await;
+    assert_handed_over(
+        &interaction,
+        sip_call_id,
+        "+15551234567",
         json!({"intent": "billing", "account": "12345"}),
-        "{interaction:#}"
     );
     // The hangup hook told handoff.
     assert_eq!(interaction["state"], "abandoned", "{interaction:#}");
