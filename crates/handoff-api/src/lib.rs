@@ -41,6 +41,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     pub presence_grace: Duration,
     pub ping_interval: Duration,
+    /// Per agent stream: the most bytes of events queued for a client that takes them too
+    /// slowly; past it the stream closes with 4000 (docs/streams.md) and the client resumes
+    /// from the log.
+    pub stream_max_unsent_bytes: usize,
     /// Origins allowed beside the server's own.
     pub allowed_origins: Vec<String>,
     /// The configured `timezone`: where "today" starts. `Running::start` hands it to the core
@@ -80,6 +84,7 @@ impl Default for ApiSettings {
             max_body_bytes: 65536 + 65536,
             presence_grace: Duration::from_secs(30),
             ping_interval: Duration::from_secs(15),
+            stream_max_unsent_bytes: 1 << 20,
             allowed_origins: Vec::new(),
             timezone: calendar::Zone::utc(),
             core: handoff_core::Settings::default(),

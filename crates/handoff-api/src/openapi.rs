@@ -1,8 +1,10 @@
-//! The OpenAPI 3.1 document of every HTTP endpoint, built by utoipa from the `#[utoipa::path]`
+//! The OpenAPI 3.1 document of every API endpoint, built by utoipa from the `#[utoipa::path]`
 //! attributes on the handlers in `routes/` and the `ToSchema` wire types of `handoff-protocol`.
 //!
-//! A route added to `routes::router` must be listed in [`ApiDoc`]'s `paths(...)` too: the tests
-//! below compare the document with the router.
+//! Its paths come from the one route table, `routes::api` (utoipa-axum): the router serves
+//! exactly the operations this document describes. [`ApiDoc`] adds what is not a route: the
+//! title, the tags, the security scheme, the shared schemas. The web UI's pages (`/`,
+//! `/signin`, `/supervisor`, `/assets/{file}`) are routed beside the table and not documented.
 
 use std::sync::OnceLock;
 
@@ -50,63 +52,13 @@ pub struct AckFrame {
         version = "1",
         description = "Hands a call from an IVR to an agent desktop: agents, presence, queues, interactions, and their events. Every /v1 operation takes `Authorization: Bearer <token>`. With `rate_limit_per_key` configured, any of them may answer 429 `rate_limited` with `Retry-After` (seconds) to a key past its rate."
     ),
-    paths(
-        crate::routes::system::healthz,
-        crate::routes::system::metrics,
-        crate::routes::system::openapi,
-        crate::routes::session::open,
-        crate::routes::session::current,
-        crate::routes::session::close,
-        crate::routes::session::create_signin_link,
-        crate::web::signin,
-        crate::web::desktop,
-        crate::web::supervisor,
-        crate::web::asset,
-        crate::routes::keys::create,
-        crate::routes::keys::list,
-        crate::routes::keys::revoke,
-        crate::routes::keys::create_agent_token,
-        crate::routes::agents::list,
-        crate::routes::agents::put,
-        crate::routes::agents::get,
-        crate::routes::agents::delete,
-        crate::routes::agents::set_presence,
-        crate::routes::stream::open,
-        crate::routes::interactions::create,
-        crate::routes::interactions::list,
-        crate::routes::interactions::get,
-        crate::routes::interactions::accept,
-        crate::routes::interactions::reject,
-        crate::routes::interactions::complete,
-        crate::routes::interactions::transfer,
-        crate::routes::interactions::hangup,
-        crate::routes::interactions::get_context,
-        crate::routes::interactions::patch_context,
-        crate::routes::queues::list,
-        crate::routes::queues::put,
-        crate::routes::queues::get,
-        crate::routes::queues::delete,
-        crate::routes::queues::stats,
-        crate::routes::queues::stats_history,
-        crate::routes::events::stream,
-        crate::routes::webhooks::list,
-        crate::routes::webhooks::put,
-        crate::routes::webhooks::get,
-        crate::routes::webhooks::delete,
-        crate::routes::webhooks::deliveries,
-        crate::routes::webhooks::replay,
-        crate::routes::connectors::list,
-        crate::routes::connectors::put,
-        crate::routes::connectors::get,
-        crate::routes::connectors::delete,
-        crate::routes::connectors::deliveries,
-        crate::routes::connectors::try_lookup,
-    ),
     components(schemas(
         ErrorBody,
         ErrorDetail,
         Target,
         CreateKeyRequest,
+        handoff_protocol::KeyRole,
+        handoff_protocol::SigninRole,
         CreatedKey,
         CreatedAgentToken,
         handoff_protocol::SessionRequest,
@@ -159,7 +111,7 @@ pub struct AckFrame {
         AckFrame,
         Health,
     )),
-    modifiers(&BearerScheme, &OptionalBodies),
+    modifiers(&BearerScheme),
     tags(
         (name = "keys", description = "API keys and agent tokens (admin)"),
         (name = "agents", description = "Agent profiles and presence"),
@@ -212,7 +164,11 @@ pub fn document() -> serde_json::Value {
     static DOCUMENT: OnceLock<serde_json::Value> = OnceLock::new();
     DOCUMENT
         .get_or_init(|| {
-            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
+            let (public, protected) = crate::routes::api();
+            let mut openapi = ApiDoc::openapi();
+            openapi.merge(public.merge(protected).into_openapi());
+            OptionalBodies.modify(&mut openapi);
+            serde_json::to_value(openapi).expect("the OpenAPI document serializes")
         })
         .clone()
 }
@@ -225,7 +181,7 @@ mod tests {
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
     ];
 
-    /// Every (method, path) `routes::router` serves; keep in step with it.
+    /// Every (method, path) of the API; the document (and so the router) must hold exactly these.
     const ROUTES: &[(&str, &str)] = &[
         ("post", "/v1/keys"),
         ("get", "/v1/keys"),
@@ -273,22 +229,9 @@ mod tests {
         ("get", "/v1/session"),
         ("delete", "/v1/session"),
         ("post", "/v1/signin-links"),
-        ("get", "/"),
-        ("get", "/signin"),
-        ("get", "/supervisor"),
-        ("get", "/assets/{file}"),
     ];
 
-    const PUBLIC: [&str; 8] = [
-        "/healthz",
-        "/metrics",
-        "/openapi.json",
-        "/v1/session",
-        "/",
-        "/signin",
-        "/supervisor",
-        "/assets/{file}",
-    ];
+    const PUBLIC: [&str; 4] = ["/healthz", "/metrics", "/openapi.json", "/v1/session"];
 
     /// Every (method, path, operation) in the document.
     fn operations(doc: &serde_json::Value) -> Vec<(String, String, serde_json::Value)> {
@@ -305,7 +248,7 @@ mod tests {
         found
     }
 
-    /// The (method, path) pairs of the `.route(...)` calls in `routes/mod.rs`.
+    /// The (method, path) pairs of the plain `.route(...)` calls in `routes/mod.rs`.
     fn routes_in_router_source() -> Vec<(String, String)> {
         let source = include_str!("routes/mod.rs");
         let mut found = Vec::new();
@@ -369,19 +312,26 @@ mod tests {
         assert_eq!(ROUTES.len(), documented.len());
     }
 
+    /// Every API route goes through the one table (`routes::api`, utoipa-axum's `routes!`):
+    /// the only plain `.route(...)` calls of `routes/mod.rs` are the web UI's pages, which are
+    /// not part of the API's document.
     #[test]
-    fn the_route_list_matches_the_router_source() {
+    fn only_the_web_pages_are_routed_outside_the_table() {
         let mut in_source = routes_in_router_source();
-        let mut listed: Vec<(String, String)> = ROUTES
-            .iter()
-            .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
-            .collect();
         in_source.sort();
-        listed.sort();
+        let mut web: Vec<(String, String)> = ["/", "/signin", "/supervisor", "/assets/{file}"]
+            .iter()
+            .map(|path| ("get".to_owned(), (*path).to_owned()))
+            .collect();
+        web.sort();
         assert_eq!(
-            in_source, listed,
-            "routes/mod.rs and this test's ROUTES (and so the document) disagree"
+            in_source, web,
+            "routes/mod.rs routes something outside the documented table"
         );
+        let doc = document();
+        for (_, path) in &web {
+            assert!(doc["paths"][path].is_null(), "{path} is documented");
+        }
     }
 
     #[test]

@@ -30,12 +30,67 @@ pub struct ErrorDetail {
 }
 
 /// Where an interaction goes: `{"agent": "alice"}` or `{"queue": "billing"}`.
+///
+/// Exactly one of the two keys; the id is `[A-Za-z0-9._-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     Agent(String),
     Queue(String),
+}
+
+/// The pattern of every id and name the server parses (`handoff_core` `AgentId`, `QueueName`,
+/// `InteractionId`, webhook and connector names).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Target {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let one = |key: &str| {
+            ObjectBuilder::new()
+                .property(
+                    key,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(ID_PATTERN)),
+                )
+                .required(key)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ))
+        };
+        OneOfBuilder::new()
+            .item(one("agent"))
+            .item(one("queue"))
+            .description(Some(
+                "Where an interaction goes: `{\"agent\": \"alice\"}` or `{\"queue\": \"billing\"}`, exactly one of the two.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl ToSchema for Target {}
+
+/// The roles `POST /v1/keys` creates keys for (the schema of `CreateKeyRequest.role`).
+#[cfg(feature = "openapi")]
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum KeyRole {
+    Admin,
+    Ivr,
+    Supervisor,
+    Presence,
+}
+
+/// The roles a sign-in link is made for besides an agent.
+#[cfg(feature = "openapi")]
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SigninRole {
+    Supervisor,
+    Admin,
 }
 
 // ----- keys ---------------------------------------------------------------------------------
@@ -45,7 +100,13 @@ pub enum Target {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// `admin`, `ivr`, `supervisor` or `presence`.
+    #[cfg_attr(feature = "openapi", schema(value_type = KeyRole))]
     pub role: String,
+    /// 1 to 200 bytes, not blank.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 200, pattern = "\\S")
+    )]
     pub name: String,
 }
 
@@ -83,6 +144,11 @@ pub struct KeyView {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PutAgentRequest {
+    /// 1 to 200 bytes once trimmed.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 200, pattern = "\\S")
+    )]
     pub name: String,
     #[serde(default)]
     pub address: Option<String>,
@@ -183,6 +249,7 @@ pub struct CreateInteractionRequest {
     /// caller waits for that agent before the fallback takes it, or it ends `timed_out`.
     /// 0..=2592000; default the server's `agent_max_wait_s` (60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub max_wait_s: Option<i64>,
 }
 
@@ -371,6 +438,7 @@ pub struct QueueRef {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EscalationStep {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub after_s: i64,
     #[serde(default)]
     pub skills: BTreeMap<String, i64>,
@@ -393,18 +461,22 @@ pub struct PutQueueRequest {
     pub strategy: Option<Strategy>,
     /// How long an offer stays open. Default 20.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2592000))]
     pub offer_timeout_s: Option<i64>,
     /// The longest wrap-up after a hangup before the agent is routable again. Default 10.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub wrap_up_s: Option<i64>,
     /// After this long waiting the caller goes to `overflow`, or ends `timed_out`. Default none.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2592000))]
     pub max_wait_s: Option<i64>,
     /// Where callers go after `max_wait_s`. Default none.
     #[serde(default)]
     pub overflow: Option<QueueRef>,
     /// Answered within this many seconds counts towards the service level. Default 20.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub service_level_s: Option<i64>,
     /// Relaxations of `skills` as the caller waits, by increasing `after_s`. Default `[]`.
     #[serde(default)]
@@ -910,6 +982,7 @@ pub struct SigninLinkRequest {
     pub agent: Option<String>,
     /// `supervisor` or `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<SigninRole>))]
     pub role: Option<String>,
 }
 

@@ -76,6 +76,9 @@ pub struct Config {
     pub connectors: Vec<toml::Table>,
     /// Seconds between WebSocket pings on agent streams.
     pub ping_interval_s: u64,
+    /// The most bytes of events an agent stream queues for a client that reads too slowly;
+    /// past it the stream is closed with code 4000 and the client resumes from the log.
+    pub stream_max_unsent_bytes: usize,
     /// Log filter, e.g. `info` or `handoff_api=debug,info`.
     pub log: String,
     /// The CRM page a screen pop opens when its queue has no `pop_url` of its own, and for
@@ -185,6 +188,7 @@ impl Default for Config {
             enrich_wait_ms: 150,
             connectors: Vec::new(),
             ping_interval_s: 15,
+            stream_max_unsent_bytes: 1 << 20,
             log: "info".to_owned(),
             pop_url: None,
             ended_interactions_kept_s: 25 * 60 * 60,
@@ -302,6 +306,7 @@ impl Config {
             max_missed_offers,
             agent_max_wait_s,
             ping_interval_s,
+            stream_max_unsent_bytes,
             ended_interactions_kept_s,
             rate_limit_per_key,
             rate_limit_burst,
@@ -454,6 +459,9 @@ impl Config {
         }
         if self.ping_interval_s == 0 {
             bail!("ping_interval_s must be at least 1");
+        }
+        if !(65_536..=1 << 30).contains(&self.stream_max_unsent_bytes) {
+            bail!("stream_max_unsent_bytes must be from 65536 to 1073741824");
         }
         self.zone()?;
         handoff_api::egress::EgressPolicy::parse(&self.egress_allow)

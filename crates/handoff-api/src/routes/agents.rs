@@ -38,7 +38,7 @@ fn view_or_404(state: &AppState, agent: &AgentId) -> Result<AgentView, ApiError>
     tag = "agents",
     summary = "Create or update an agent's profile (admin)",
     params(
-        ("agent_id" = String, Path, description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
+        ("agent_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
     ),
     request_body(content = handoff_protocol::PutAgentRequest, content_type = "application/json"),
     responses(
@@ -166,7 +166,7 @@ pub async fn list(
     tag = "agents",
     summary = "Read one agent: profile, presence, activity and address",
     params(
-        ("agent_id" = String, Path, description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
+        ("agent_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 200, description = "The agent", body = handoff_protocol::AgentView),
@@ -196,7 +196,7 @@ pub async fn get(
     tag = "agents",
     summary = "Delete an agent (admin)",
     params(
-        ("agent_id" = String, Path, description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
+        ("agent_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -232,7 +232,7 @@ pub async fn delete(
     tag = "agents",
     summary = "Set an agent's presence (the agent itself, a presence key, or admin)",
     params(
-        ("agent_id" = String, Path, description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
+        ("agent_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
     ),
     request_body(content = handoff_protocol::PutPresenceRequest, content_type = "application/json"),
     responses(

@@ -41,7 +41,7 @@ pub async fn list(
     tag = "connectors",
     summary = "Create or replace a CRM connector (admin)",
     description = "A `lookup` runs when an interaction is created: an HTTP request from templates over the call (every value percent-encoded in the URL, JSON-encoded in the body; secrets as `{{ secrets.NAME }}` from the variable `HANDOFF_SECRET_NAME`, never stored), with its answer mapped to pop fields by JSONPath. An answer within `enrich_wait_ms` rides in the offer (`interaction.enrichment.<connector>`); a later one follows as `interaction.enriched`, a failure as `interaction.enrichment_failed`; routing never waits longer. The `log` (on `interaction.completed`) and other `actions` are requests made from a durable outbox, retried like webhooks. `preset` fills all of these in for `zendesk`, `salesforce` or `hubspot` from `settings`.",
-    params(("name" = String, Path, description = "The connector's name, `[A-Za-z0-9._-]{1,64}`")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name, `[A-Za-z0-9._-]{1,64}`")),
     request_body(content = handoff_protocol::PutConnectorRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = handoff_protocol::ConnectorView),
@@ -73,7 +73,7 @@ pub async fn put(
     operation_id = "get_connector",
     tag = "connectors",
     summary = "Read a CRM connector, with what its preset filled in (admin)",
-    params(("name" = String, Path, description = "The connector's name")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name")),
     responses(
         (status = 200, description = "The connector", body = handoff_protocol::ConnectorView),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
@@ -100,7 +100,7 @@ pub async fn get(
     operation_id = "delete_connector",
     tag = "connectors",
     summary = "Delete a CRM connector and its outbox (admin)",
-    params(("name" = String, Path, description = "The connector's name")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name")),
     responses(
         (status = 204, description = "Deleted, with its pending call logs and recorded attempts"),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
@@ -135,9 +135,9 @@ pub struct DeliveriesQuery {
     tag = "connectors",
     summary = "An action's recent attempts (the call log's by default), newest first, and its pending retries (admin)",
     params(
-        ("name" = String, Path, description = "The connector's name"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name"),
         ("action" = Option<String>, Query, description = "The action: `log` (default) or an action's name"),
-        ("limit" = Option<u32>, Query, description = "At most this many attempts, 1..=1000 (default 100)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many attempts, 1..=1000 (default 100)"),
         ("before" = Option<i64>, Query, description = "Only attempts older than this attempt id"),
     ),
     responses(
@@ -178,7 +178,7 @@ pub async fn deliveries(
     operation_id = "try_connector_lookup",
     tag = "connectors",
     summary = "Run a connector's lookup for a caller, without a call (admin)",
-    params(("name" = String, Path, description = "The connector's name")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name")),
     request_body(content = handoff_protocol::LookupTrial, content_type = "application/json"),
     responses(
         (status = 200, description = "What the lookup found, or why it failed", body = handoff_protocol::LookupResult),

@@ -52,20 +52,46 @@ pub async fn stream(
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     principal.require(&[Role::Admin, Role::Supervisor])?;
+    // A reconnecting EventSource sends `Last-Event-ID` to the URL it was opened with, `?after=`
+    // included: the header is where it got to, so it wins, and nothing is sent twice.
     let from_header = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let after = match query.after.or(from_header).as_deref() {
-        None | Some("") => None,
-        Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+        .map(|v| {
+            // Not text: kept, to be refused below rather than ignored.
+            v.to_str()
+                .map_or_else(|_| "?".to_owned(), |text| text.trim().to_owned())
+        })
+        .filter(|text| !text.is_empty());
+    let (after, field) = match from_header {
+        Some(text) => (Some(text), "Last-Event-ID"),
+        None => (
+            query
+                .after
+                .map(|text| text.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+            "after",
+        ),
+    };
+    let after = match after {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
                 "invalid_field",
-                "after: Last-Event-ID or ?after must be a non-negative integer",
+                format!("{field}: must be a non-negative integer (a seq)"),
             )
-            .with_field("after")
+            .with_field(field)
         })?),
     };
+    // A seq the log has not reached (another server's log, a restored backup) is refused
+    // rather than answered with a stream that stays silent until the log gets there.
+    let head = super::stream::head_reaching(&state, after.unwrap_or(0)).await;
+    if let Some(after) = after.filter(|after| *after > head) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field}: {after} is beyond the log's head ({head})"),
+        )
+        .with_field(field));
+    }
     let filter = TypeFilter(
         query
             .types

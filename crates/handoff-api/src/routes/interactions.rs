@@ -522,8 +522,8 @@ pub struct GetQuery {
     tag = "interactions",
     summary = "Read an interaction with its history; with wait_s, long-poll for a state change",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
-        ("wait_s" = Option<u64>, Query, description = "Wait up to this many seconds (0..=300) for the state to differ from `state`"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
+        ("wait_s" = Option<u64>, Query, minimum = 0, maximum = 300, description = "Wait up to this many seconds (0..=300) for the state to differ from `state`"),
         ("state" = Option<String>, Query, description = "The state to wait for a change from; default: the current one"),
     ),
     responses(
@@ -642,7 +642,7 @@ pub struct ListQuery {
         ("since" = Option<String>, Query, description = "Only interactions changed at or after this RFC 3339 time (the agent desktop asks for today's)"),
         ("queue" = Option<String>, Query, description = "Only interactions created for this queue or headed to it now (after an overflow or a transfer)"),
         ("call_id" = Option<String>, Query, description = "Only interactions with this call id"),
-        ("limit" = Option<u32>, Query, description = "At most this many, 1..=1000 (default 100)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many, 1..=1000 (default 100)"),
     ),
     responses(
         (status = 200, description = "The interactions", body = handoff_protocol::InteractionList),
@@ -783,7 +783,7 @@ async fn action(
     tag = "interactions",
     summary = "Accept an offer (the offered agent); empty body",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     responses(
         (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
@@ -816,7 +816,7 @@ pub async fn accept(
     tag = "interactions",
     summary = "Reject an offer (the offered agent); empty body",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     responses(
         (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
@@ -863,7 +863,7 @@ async fn answer_offer(
     tag = "interactions",
     summary = "Complete an interaction with an optional disposition and notes (the assigned agent)",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     request_body(content = handoff_protocol::CompleteRequest, content_type = "application/json", description = "Optional: an empty body (no Content-Type) completes without disposition or notes"),
     responses(
@@ -924,7 +924,7 @@ pub async fn complete(
     tag = "interactions",
     summary = "Transfer an accepted interaction to another agent or queue (the assigned agent)",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     request_body(content = handoff_protocol::TransferRequest, content_type = "application/json"),
     responses(
@@ -977,7 +977,7 @@ pub async fn transfer(
     tag = "interactions",
     summary = "The caller hung up (ivr, admin); empty body",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     responses(
         (status = 200, description = "The interaction", body = handoff_protocol::InteractionView),
@@ -1117,7 +1117,7 @@ fn may_update_context(principal: &Principal, interaction: &Interaction) -> Resul
     tag = "interactions",
     summary = "Read the caller's data, with its version as the ETag",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
     ),
     responses(
         (status = 200, description = "The context object; `ETag: \"N\"` is its version, for `If-Match` on PATCH", body = Object,
@@ -1151,7 +1151,7 @@ pub async fn get_context(
     summary = "Update the caller's data with a JSON merge patch (the IVR that created it, or the assigned agent)",
     description = "RFC 7396: keys in the patch replace the context's, `null` removes one, nested objects merge. With `If-Match: \"N\"` the update applies only while the context is at version N (its `ETag`), else 412; without it, it applies to the latest. The assigned agent gets `interaction.context_updated` on its stream, and every later offer (after a transfer, say) carries the updated context.",
     params(
-        ("interaction_id" = String, Path, description = "The interaction's id"),
+        ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
         ("If-Match" = Option<String>, Header, nullable = false, description = "The context's ETag (`\"N\"`) the update was made against, or `*`"),
     ),
     request_body(content = Object, content_type = "application/merge-patch+json", description = "A JSON object: the merge patch (application/json is accepted too)"),

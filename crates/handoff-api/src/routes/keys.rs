@@ -157,7 +157,7 @@ pub async fn revoke(
     tag = "keys",
     summary = "Create a token for one agent (admin); empty body, token shown once",
     params(
-        ("agent_id" = String, Path, description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
+        ("agent_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The agent's id, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 201, description = "The token", body = handoff_protocol::CreatedAgentToken),

@@ -15,109 +15,80 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::Router;
 use handoff_core::{AgentId, InteractionId};
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::json::JsonBody;
 use crate::AppState;
 
+/// The one route table of the API: every operation of the OpenAPI document, each from its
+/// handler's `#[utoipa::path]`, as `(public, protected)`; [`router`] serves it and
+/// [`crate::openapi::document`] describes it, so no route can be in one and not the other.
+/// `protected` gets the bearer authentication layer.
+pub(crate) fn api() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let protected = OpenApiRouter::new()
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::put, agents::get, agents::delete))
+        .routes(routes!(agents::set_presence))
+        .routes(routes!(keys::create_agent_token))
+        .routes(routes!(stream::open))
+        .routes(routes!(interactions::create, interactions::list))
+        .routes(routes!(interactions::get))
+        .routes(routes!(interactions::accept))
+        .routes(routes!(interactions::reject))
+        .routes(routes!(interactions::complete))
+        .routes(routes!(interactions::transfer))
+        .routes(routes!(interactions::hangup))
+        .routes(routes!(
+            interactions::get_context,
+            interactions::patch_context
+        ))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::put, queues::get, queues::delete))
+        .routes(routes!(queues::stats))
+        .routes(routes!(queues::stats_history))
+        .routes(routes!(events::stream))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::put, webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::replay))
+        .routes(routes!(connectors::list))
+        .routes(routes!(
+            connectors::put,
+            connectors::get,
+            connectors::delete
+        ))
+        .routes(routes!(connectors::deliveries))
+        .routes(routes!(connectors::try_lookup))
+        .routes(routes!(session::create_signin_link));
+    let public = OpenApiRouter::new()
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(session::open, session::current, session::close));
+    (public, protected)
+}
+
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/v1/keys", post(keys::create).get(keys::list))
-        .route("/v1/keys/{key_id}", axum::routing::delete(keys::revoke))
-        .route("/v1/agents", get(agents::list))
-        .route(
-            "/v1/agents/{agent_id}",
-            put(agents::put).get(agents::get).delete(agents::delete),
-        )
-        .route("/v1/agents/{agent_id}/presence", put(agents::set_presence))
-        .route(
-            "/v1/agents/{agent_id}/tokens",
-            post(keys::create_agent_token),
-        )
-        .route("/v1/agents/{agent_id}/stream", get(stream::open))
-        .route(
-            "/v1/interactions",
-            post(interactions::create).get(interactions::list),
-        )
-        .route("/v1/interactions/{interaction_id}", get(interactions::get))
-        .route(
-            "/v1/interactions/{interaction_id}/accept",
-            post(interactions::accept),
-        )
-        .route(
-            "/v1/interactions/{interaction_id}/reject",
-            post(interactions::reject),
-        )
-        .route(
-            "/v1/interactions/{interaction_id}/complete",
-            post(interactions::complete),
-        )
-        .route(
-            "/v1/interactions/{interaction_id}/transfer",
-            post(interactions::transfer),
-        )
-        .route(
-            "/v1/interactions/{interaction_id}/hangup",
-            post(interactions::hangup),
-        )
-        .route(
-            "/v1/interactions/{interaction_id}/context",
-            get(interactions::get_context).patch(interactions::patch_context),
-        )
-        .route("/v1/queues", get(queues::list))
-        .route(
-            "/v1/queues/{name}",
-            put(queues::put).get(queues::get).delete(queues::delete),
-        )
-        .route("/v1/queues/{name}/stats", get(queues::stats))
-        .route(
-            "/v1/queues/{name}/stats/history",
-            get(queues::stats_history),
-        )
-        .route("/v1/events", get(events::stream))
-        .route("/v1/webhooks", get(webhooks::list))
-        .route(
-            "/v1/webhooks/{name}",
-            put(webhooks::put)
-                .get(webhooks::get)
-                .delete(webhooks::delete),
-        )
-        .route("/v1/webhooks/{name}/deliveries", get(webhooks::deliveries))
-        .route("/v1/webhooks/{name}/replay", post(webhooks::replay))
-        .route("/v1/connectors", get(connectors::list))
-        .route(
-            "/v1/connectors/{name}",
-            put(connectors::put)
-                .get(connectors::get)
-                .delete(connectors::delete),
-        )
-        .route(
-            "/v1/connectors/{name}/deliveries",
-            get(connectors::deliveries),
-        )
-        .route("/v1/connectors/{name}/lookup", post(connectors::try_lookup))
-        .route("/v1/signin-links", post(session::create_signin_link))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let (public, protected) = api();
+    let (api, _document) = public
+        .merge(protected.route_layer(middleware::from_fn_with_state(state.clone(), authenticate)))
+        .split_for_parts();
+    // The web UI's pages and assets: served, but no part of the API's document.
     Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/metrics", get(system::metrics))
-        .route("/openapi.json", get(system::openapi))
-        .route(
-            "/v1/session",
-            post(session::open)
-                .get(session::current)
-                .delete(session::close),
-        )
         .route("/", get(crate::web::desktop))
         .route("/signin", get(crate::web::signin))
         .route("/supervisor", get(crate::web::supervisor))
         .route("/assets/{file}", get(crate::web::asset))
-        .merge(protected)
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

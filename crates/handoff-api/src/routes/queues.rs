@@ -42,7 +42,7 @@ fn view_or_404(state: &AppState, name: &QueueName) -> Result<QueueView, ApiError
     summary = "Create or replace a queue (admin)",
     description = "Every field is optional and takes its default when absent, so a PUT replaces the whole queue. Callers already waiting keep their place; new steps apply to them from their original arrival. A queue declared in the configuration file is put again at every start, so the file wins over an edit made here. `pop_url` is a minijinja template of the CRM page its pops open (variables `id`, `caller`, `dialed`, `channel`, `call_id`, `priority`, `queue`, `agent`, `context`; every value percent-encoded where it lands): it must parse here, and a pop whose render fails carries `pop_url_error` instead.",
     params(
-        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
     request_body(content = handoff_protocol::PutQueueRequest, content_type = "application/json"),
     responses(
@@ -110,7 +110,7 @@ pub async fn list(
     tag = "queues",
     summary = "Read one queue's configuration (admin, supervisor, ivr)",
     params(
-        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 200, description = "The queue, every default filled in", body = handoff_protocol::QueueView),
@@ -138,7 +138,7 @@ pub async fn get(
     tag = "queues",
     summary = "Delete a queue (admin)",
     params(
-        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -173,7 +173,7 @@ pub async fn delete(
     summary = "A queue's statistics now, over the last 15 minutes and today (admin, supervisor)",
     description = "Counts are by the time of their own event: a caller who entered yesterday and is answered today counts as answered today. `today` starts at midnight in the configured `timezone`. `agents` counts the agents who meet some level of the queue's skills, once by presence and once by activity.",
     params(
-        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 200, description = "The statistics", body = handoff_protocol::QueueStats),
@@ -203,7 +203,7 @@ pub async fn stats(
     summary = "A queue's waiting callers and service level over the last hour, in 30-second samples (admin, supervisor)",
     description = "What the supervisor view's chart starts from. The history is kept in the server's memory: after a restart it starts again; a queue's samples begin when the queue was first seen.",
     params(
-        ("name" = String, Path, description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name, `[A-Za-z0-9._-]{1,64}`"),
     ),
     responses(
         (status = 200, description = "The samples, oldest first", body = handoff_protocol::QueueStatsHistory),

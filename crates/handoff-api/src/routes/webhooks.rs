@@ -59,7 +59,7 @@ pub async fn list(
     tag = "webhooks",
     summary = "Create or replace a webhook (admin)",
     description = "Every event whose type matches `types` is POSTed to `url` as its CloudEvents JSON (`Content-Type: application/cloudevents+json`), signed by the Standard Webhooks specification: `webhook-id` (the event's id, the same on every retry and after a restart), `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, one per secret during a rotation). Delivered from a durable outbox at least once: 2xx is delivered; 410 Gone disables the webhook; anything else, redirects included (never followed), is retried on the schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h, with jitter), or after the receiver's `Retry-After`. A new webhook is sent the events committed after it was created.",
-    params(("name" = String, Path, description = "The webhook's name, `[A-Za-z0-9._-]{1,64}`")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name, `[A-Za-z0-9._-]{1,64}`")),
     request_body(content = handoff_protocol::PutWebhookRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `secret` is shown this once when the server made it", body = handoff_protocol::WebhookView),
@@ -91,7 +91,7 @@ pub async fn put(
     operation_id = "get_webhook",
     tag = "webhooks",
     summary = "Read a webhook (admin)",
-    params(("name" = String, Path, description = "The webhook's name")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name")),
     responses(
         (status = 200, description = "The webhook", body = handoff_protocol::WebhookView),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
@@ -118,7 +118,7 @@ pub async fn get(
     operation_id = "delete_webhook",
     tag = "webhooks",
     summary = "Delete a webhook and its outbox (admin)",
-    params(("name" = String, Path, description = "The webhook's name")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name")),
     responses(
         (status = 204, description = "Deleted, with its pending retries and recorded attempts"),
         (status = 401, description = "Missing or bad token", body = handoff_protocol::ErrorBody),
@@ -165,8 +165,8 @@ pub struct DeliveriesQuery {
     tag = "webhooks",
     summary = "A webhook's recent delivery attempts, newest first, and the deliveries waiting to be retried (admin)",
     params(
-        ("name" = String, Path, description = "The webhook's name"),
-        ("limit" = Option<u32>, Query, description = "At most this many attempts, 1..=1000 (default 100)"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many attempts, 1..=1000 (default 100)"),
         ("before" = Option<i64>, Query, description = "Only attempts older than this attempt id (`next_before` of the previous page)"),
     ),
     responses(
@@ -206,7 +206,7 @@ pub struct ReplayQuery {
     summary = "Send every matching event after `after` to the webhook again (admin); empty body",
     description = "Moves the webhook's cursor back to `after`: each matching event with a higher `seq` is delivered again, with its own `webhook-id` as the first time, then the webhook goes on with new events.",
     params(
-        ("name" = String, Path, description = "The webhook's name"),
+        ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name"),
         ("after" = u64, Query, description = "Resend the events with `seq` above this; at most the log's head"),
     ),
     responses(
