@@ -319,10 +319,18 @@ mod tests {
     fn only_the_web_pages_are_routed_outside_the_table() {
         let mut in_source = routes_in_router_source();
         in_source.sort();
-        let mut web: Vec<(String, String)> = ["/", "/signin", "/supervisor", "/assets/{file}"]
-            .iter()
-            .map(|path| ("get".to_owned(), (*path).to_owned()))
-            .collect();
+        let mut web: Vec<(String, String)> = [
+            "/",
+            "/signin",
+            "/supervisor",
+            "/assets/{file}",
+            "/docs",
+            "/docs/docs.js",
+            "/docs/docs.css",
+        ]
+        .iter()
+        .map(|path| ("get".to_owned(), (*path).to_owned()))
+        .collect();
         web.sort();
         assert_eq!(
             in_source, web,

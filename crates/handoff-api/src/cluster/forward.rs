@@ -77,6 +77,8 @@ fn served_here(method: &Method, path: &str) -> bool {
         path,
         "/healthz" | "/metrics" | "/openapi.json" | "/" | "/signin" | "/supervisor" | "/v1/events"
     ) || path.starts_with("/assets/")
+        || path == "/docs"
+        || path.starts_with("/docs/")
         || (path.starts_with("/v1/agents/") && path.ends_with("/stream"))
 }
 

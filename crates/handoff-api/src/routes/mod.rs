@@ -88,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/signin", get(crate::web::signin))
         .route("/supervisor", get(crate::web::supervisor))
         .route("/assets/{file}", get(crate::web::asset))
+        // The API's document for people: rendered in the browser from /openapi.json.
+        .route("/docs", get(crate::web::api_docs::page))
+        .route("/docs/docs.js", get(crate::web::api_docs::script))
+        .route("/docs/docs.css", get(crate::web::api_docs::style))
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,6 +10,8 @@
 //! Assets are served with `Cache-Control: no-cache` and an `ETag` of their content hash, so a
 //! new build is picked up at once and an unchanged file costs a 304.
 
+pub mod api_docs;
+
 use std::sync::OnceLock;
 
 use axum::http::header::{

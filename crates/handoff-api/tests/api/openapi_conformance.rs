@@ -73,7 +73,10 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation_with_admin_i
             .args(["--max-examples", MAX_EXAMPLES])
             .args(["--max-time", &MAX_TIME_S.to_string()])
             .args(["--seed", "18"])
-            .args(["--workers", "2"])
+            // One worker: with two, CPython 3.11's `ast.parse` in hypothesis (describing a
+            // lambda) can fail from two threads at once ("AST constructor recursion depth
+            // mismatch"), an error of the tool, not of the server.
+            .args(["--workers", "1"])
             .args(["--request-timeout", "10"])
             .args(["--generation-database", "none"])
             .args(["--phases", "examples,coverage,fuzzing"])

@@ -568,3 +568,45 @@ async fn an_agent_cookie_cannot_open_another_agents_stream() {
     assert_eq!(http_status(&refused), Some(403));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_docs_page_is_served_by_the_server_itself_under_the_strict_policy() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.starts_with(CSP), "{csp}");
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = response.text().await.unwrap().to_ascii_lowercase();
+    assert!(html.contains("src=\"/docs/docs.js\""), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN: {html}"
+    );
+    for (path, content_type) in [
+        ("/docs/docs.js", "javascript"),
+        ("/docs/docs.css", "text/css"),
+    ] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let served = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(served.contains(content_type), "{path}: {served}");
+        let body = response.text().await.unwrap();
+        if path.ends_with(".js") {
+            assert!(
+                body.contains("/openapi.json"),
+                "the page renders the server's own document"
+            );
+        }
+    }
+    app.stop().await;
+}
