@@ -160,7 +160,7 @@ pub fn capacity_to_wire(capacity: &Capacity) -> wire::Capacity {
 }
 
 /// The largest capacity, in total or on one channel.
-pub const MAX_CAPACITY: i64 = 1000;
+pub const MAX_CAPACITY: i64 = handoff_protocol::MAX_CAPACITY;
 
 /// Reads a capacity. `strict` applies the API's rules (1..=1000, channel names of 1 to 64
 /// characters, at least one channel); without it, only what the core can represent is

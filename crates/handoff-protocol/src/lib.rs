@@ -163,12 +163,50 @@ pub struct PutAgentRequest {
 /// How many interactions an agent holds at once: a number for all channels together, or a
 /// number per channel (a channel not named gets none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(untagged)]
 pub enum Capacity {
     Total(i64),
     PerChannel(BTreeMap<String, i64>),
 }
+
+/// The most interactions an agent may hold at once, in all or on one channel (what
+/// `PUT /v1/agents/{agent_id}` accepts).
+pub const MAX_CAPACITY: i64 = 1000;
+
+/// Written by hand: the server takes 1 to [`MAX_CAPACITY`], as a number or per channel (at
+/// least one channel, each named with 1 to 64 characters), and the document says so.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Capacity {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let count = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_CAPACITY))
+        };
+        let per_channel = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .min_properties(Some(1))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(64)),
+            ))
+            .additional_properties(Some(AdditionalProperties::RefOr(count().into())));
+        OneOfBuilder::new()
+            .item(count())
+            .item(per_channel)
+            .description(Some(
+                "A number for all channels together, or a number per channel, e.g. `{\"voice\": 1, \"chat\": 3}`; each from 1 to 1000.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl ToSchema for Capacity {}
 
 impl From<i64> for Capacity {
     fn from(total: i64) -> Capacity {

@@ -267,8 +267,36 @@ async fn the_document_states_the_rules_the_server_enforces() {
     // Ranges.
     let wait = serde_json::to_string(&schemas["CreateInteractionRequest"]).unwrap();
     assert!(wait.contains("\"minimum\""), "{wait}");
-    let capacity = serde_json::to_string(&schemas["KeyRole"]).unwrap();
-    assert!(capacity.contains("presence"), "{capacity}");
+    let roles = serde_json::to_string(&schemas["KeyRole"]).unwrap();
+    assert!(roles.contains("presence"), "{roles}");
+    // Capacity: 1 to 1000, as a number or per channel (at least one).
+    let capacity = &schemas["Capacity"]["oneOf"];
+    assert_eq!(capacity[0]["minimum"], 1, "{capacity}");
+    assert_eq!(capacity[0]["maximum"], 1000, "{capacity}");
+    assert_eq!(capacity[1]["minProperties"], 1, "{capacity}");
+    assert_eq!(
+        capacity[1]["additionalProperties"]["maximum"], 1000,
+        "{capacity}"
+    );
+    for (body, status) in [
+        (json!({"name": "A", "capacity": 0}), 422),
+        (json!({"name": "A", "capacity": 1001}), 422),
+        (json!({"name": "A", "capacity": {}}), 422),
+        (json!({"name": "A", "capacity": {"chat": 1000}}), 201),
+    ] {
+        let (code, answer) = app
+            .send(
+                Method::PUT,
+                "/v1/agents/capacity-probe",
+                Some(&app.admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert!(
+            code == status || (status == 201 && code == 200),
+            "{body}: {code} {answer}"
+        );
+    }
     let queue = &schemas["PutQueueRequest"]["properties"];
     assert_eq!(queue["offer_timeout_s"]["minimum"], 1, "{queue}");
     let get = &doc["paths"]["/v1/interactions/{interaction_id}"]["get"]["parameters"];
