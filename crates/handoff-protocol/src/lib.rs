@@ -963,7 +963,6 @@ fn writer_role() -> String {
 /// `POST /v1/session`: trade a token, or a one-time sign-in code, for the web UI's session
 /// cookie. Exactly one of `token` and `code`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// An agent token, or a supervisor or admin key.
@@ -1013,16 +1012,85 @@ pub struct HeldInteraction {
 /// `POST /v1/signin-links` (admin): a one-time sign-in link for one agent, or for a
 /// `supervisor` or `admin`. Exactly one of `agent` and `role`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SigninLinkRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     /// `supervisor` or `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<SigninRole>))]
     pub role: Option<String>,
 }
+
+/// A closed object of string properties, `required` among them: one branch of the
+/// exactly-one-of request bodies below.
+#[cfg(feature = "openapi")]
+fn closed_object(
+    properties: Vec<(&str, utoipa::openapi::schema::Object)>,
+    required: &str,
+) -> utoipa::openapi::schema::ObjectBuilder {
+    let mut object = utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .required(required)
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ));
+    for (name, schema) in properties {
+        object = object.property(name, schema);
+    }
+    object
+}
+
+#[cfg(feature = "openapi")]
+fn text() -> utoipa::openapi::schema::ObjectBuilder {
+    utoipa::openapi::schema::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String)
+}
+
+/// Written by hand: exactly one of `token` (with an optional `agent`) and `code`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SessionRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let token = text().description(Some("An agent token, or a supervisor or admin key."));
+        let code = text().description(Some(
+            "A one-time sign-in code from `POST /v1/signin-links`.",
+        ));
+        let agent = || {
+            text().description(Some(
+                "The agent the token or code must belong to (the sign-in form's agent id).",
+            ))
+        };
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(closed_object(
+                vec![("token", token.build()), ("agent", agent().build())],
+                "token",
+            ))
+            .item(closed_object(
+                vec![("code", code.build()), ("agent", agent().build())],
+                "code",
+            ))
+            .description(Some("Exactly one of `token` and `code`."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl ToSchema for SessionRequest {}
+
+/// Written by hand: exactly one of `agent` (an agent's link) and `role` (supervisor or admin).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SigninLinkRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let agent = text().pattern(Some(ID_PATTERN));
+        let role = text().enum_values(Some(["supervisor", "admin"]));
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(closed_object(vec![("agent", agent.build())], "agent"))
+            .item(closed_object(vec![("role", role.build())], "role"))
+            .description(Some("Exactly one of `agent` and `role`."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl ToSchema for SigninLinkRequest {}
 
 /// A one-time sign-in link: `url` is relative to the server (`/signin#code=...`); the code is in
 /// the fragment, so it stays out of server logs and `Referer`. Single use, valid until

@@ -52,9 +52,14 @@ struct Cluster {
 
 impl Cluster {
     fn new(postgres: String, nats: String, size: usize) -> Cluster {
+        // The tests of this binary start their clusters at the same moment: the clock alone
+        // gave two of them one schema, and the first to finish dropped it under the other.
+        static NEXT_CLUSTER: std::sync::atomic::AtomicUsize =
+            std::sync::atomic::AtomicUsize::new(0);
         let unique = format!(
-            "{}_{}",
+            "{}_{}_{}",
             std::process::id(),
+            NEXT_CLUSTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()

@@ -264,6 +264,30 @@ async fn the_document_states_the_rules_the_server_enforces() {
     // Exactly one of a target's agent and queue.
     let target = &schemas["Target"];
     assert!(target["oneOf"].is_array(), "Target: {target}");
+    // And of the sign-in bodies: token or code; agent or role.
+    for (schema, keys) in [
+        ("SessionRequest", ["token", "code"]),
+        ("SigninLinkRequest", ["agent", "role"]),
+    ] {
+        let branches = schemas[schema]["oneOf"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}: {}", schemas[schema]));
+        let required: Vec<&Value> = branches.iter().map(|b| &b["required"][0]).collect();
+        assert_eq!(required, [&json!(keys[0]), &json!(keys[1])], "{schema}");
+        assert!(
+            branches.iter().all(|b| b["additionalProperties"] == false),
+            "{schema}"
+        );
+    }
+    let (code, answer) = app
+        .send(
+            Method::POST,
+            "/v1/session",
+            None,
+            Some(json!({"token": "x", "code": "y"})),
+        )
+        .await;
+    assert_eq!(code, 400, "both token and code: {answer}");
     // Ranges.
     let wait = serde_json::to_string(&schemas["CreateInteractionRequest"]).unwrap();
     assert!(wait.contains("\"minimum\""), "{wait}");
