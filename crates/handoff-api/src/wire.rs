@@ -195,7 +195,9 @@ pub fn capacity_from_wire(capacity: &wire::Capacity, strict: bool) -> Result<Cap
             }
             let mut limits = BTreeMap::new();
             for (channel, value) in per_channel {
-                if strict && (channel.is_empty() || channel.len() > 64) {
+                if strict
+                    && (channel.is_empty() || channel.chars().count() > wire::MAX_SKILL_NAME_CHARS)
+                {
                     return Err(invalid(
                         "capacity".to_owned(),
                         "a channel name must be 1 to 64 characters".to_owned(),
@@ -218,7 +220,7 @@ pub fn skills_from_wire(
 ) -> Result<BTreeMap<String, SkillLevel>, ApiError> {
     let mut levels = BTreeMap::new();
     for (skill, level) in skills {
-        if skill.is_empty() || skill.len() > 64 {
+        if skill.is_empty() || skill.chars().count() > wire::MAX_SKILL_NAME_CHARS {
             return Err(ApiError::unprocessable(
                 "invalid_skill",
                 format!("{field}: a skill name must be 1 to 64 characters"),

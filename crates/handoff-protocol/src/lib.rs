@@ -102,7 +102,7 @@ pub struct CreateKeyRequest {
     /// `admin`, `ivr`, `supervisor` or `presence`.
     #[cfg_attr(feature = "openapi", schema(value_type = KeyRole))]
     pub role: String,
-    /// 1 to 200 bytes, not blank.
+    /// 1 to 200 characters, not blank.
     #[cfg_attr(
         feature = "openapi",
         schema(min_length = 1, max_length = 200, pattern = "\\S")
@@ -144,7 +144,7 @@ pub struct KeyView {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PutAgentRequest {
-    /// 1 to 200 bytes once trimmed.
+    /// 1 to 200 characters once trimmed.
     #[cfg_attr(
         feature = "openapi",
         schema(min_length = 1, max_length = 200, pattern = "\\S")
@@ -153,6 +153,7 @@ pub struct PutAgentRequest {
     #[serde(default)]
     pub address: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = skill_levels))]
     pub skills: BTreeMap<String, i64>,
     /// A number (all channels together, default 1) or a map per channel, e.g.
     /// `{"voice": 1, "chat": 3}`.
@@ -192,7 +193,7 @@ impl utoipa::PartialSchema for Capacity {
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .min_length(Some(1))
-                    .max_length(Some(64)),
+                    .max_length(Some(MAX_SKILL_NAME_CHARS)),
             ))
             .additional_properties(Some(AdditionalProperties::RefOr(count().into())));
         OneOfBuilder::new()
@@ -207,6 +208,35 @@ impl utoipa::PartialSchema for Capacity {
 
 #[cfg(feature = "openapi")]
 impl ToSchema for Capacity {}
+
+/// The most characters in a skill's or a channel's name.
+pub const MAX_SKILL_NAME_CHARS: usize = 64;
+/// The highest skill level; the lowest is 0.
+pub const MAX_SKILL_LEVEL: i64 = 10;
+
+/// Skills as the server takes them: each name 1 to 64 characters, each level 0 to 10.
+#[cfg(feature = "openapi")]
+fn skill_levels() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            text()
+                .min_length(Some(1))
+                .max_length(Some(MAX_SKILL_NAME_CHARS)),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(MAX_SKILL_LEVEL))
+                .into(),
+        )))
+        .description(Some(
+            "Skill levels by skill name, e.g. `{\"billing\": 7}`: each name 1 to 64 characters, each level 0 to 10.",
+        ))
+        .build()
+}
 
 impl From<i64> for Capacity {
     fn from(total: i64) -> Capacity {
@@ -231,6 +261,7 @@ pub struct AgentView {
     pub id: String,
     pub name: String,
     pub address: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = skill_levels))]
     pub skills: BTreeMap<String, i64>,
     /// As set: a number, or a map per channel.
     pub capacity: Capacity,
@@ -479,6 +510,7 @@ pub struct EscalationStep {
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2592000))]
     pub after_s: i64,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = skill_levels))]
     pub skills: BTreeMap<String, i64>,
 }
 
@@ -493,6 +525,7 @@ pub struct PutQueueRequest {
     pub name: Option<String>,
     /// What an agent needs: every skill at least at the level named (0..=10). Default `{}`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = skill_levels))]
     pub skills: BTreeMap<String, i64>,
     /// Default `longest_idle`.
     #[serde(default)]
@@ -532,6 +565,7 @@ pub struct PutQueueRequest {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct QueueView {
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = skill_levels))]
     pub skills: BTreeMap<String, i64>,
     pub strategy: Strategy,
     pub offer_timeout_s: i64,

@@ -308,19 +308,57 @@ async fn the_document_states_the_rules_the_server_enforces() {
         (json!({"name": "A", "capacity": {}}), 422),
         (json!({"name": "A", "capacity": {"chat": 1000}}), 201),
     ] {
-        let (code, answer) = app
-            .send(
-                Method::PUT,
-                "/v1/agents/capacity-probe",
-                Some(&app.admin),
-                Some(body.clone()),
-            )
-            .await;
-        assert!(
-            code == status || (status == 201 && code == 200),
-            "{body}: {code} {answer}"
+        put_agent_expecting(&app, "capacity-probe", body, status).await;
+    }
+    // Skills: names of 1 to 64 characters, levels 0 to 10, wherever a body takes them; and
+    // lengths counted in characters, as JSON Schema counts them, not in bytes.
+    for (schema, pointer) in [
+        ("PutAgentRequest", "/properties/skills"),
+        ("PutQueueRequest", "/properties/skills"),
+        ("EscalationStep", "/properties/skills"),
+    ] {
+        let skills = schemas[schema].pointer(pointer).unwrap_or(&Value::Null);
+        assert_eq!(
+            skills["propertyNames"]["maxLength"], 64,
+            "{schema}: {skills}"
+        );
+        assert_eq!(
+            skills["additionalProperties"]["minimum"], 0,
+            "{schema}: {skills}"
+        );
+        assert_eq!(
+            skills["additionalProperties"]["maximum"], 10,
+            "{schema}: {skills}"
         );
     }
+    let name_200 = "é".repeat(200);
+    let skill_64 = "ü".repeat(64);
+    for (body, status) in [
+        (json!({"name": "A", "skills": {"billing": 11}}), 422),
+        (json!({"name": "A", "skills": {"billing": -1}}), 422),
+        (json!({"name": "A", "skills": {"": 1}}), 422),
+        (json!({"name": "A", "skills": {"ü".repeat(65): 1}}), 422),
+        (json!({"name": "A", "capacity": {"ü".repeat(65): 1}}), 422),
+        (json!({"name": "é".repeat(201)}), 422),
+        (
+            json!({"name": name_200, "skills": {skill_64.clone(): 10}, "capacity": {skill_64: 1}}),
+            201,
+        ),
+    ] {
+        put_agent_expecting(&app, "skills-probe", body, status).await;
+    }
+    let (code, answer) = app
+        .send(
+            Method::POST,
+            "/v1/keys",
+            Some(&app.admin),
+            Some(json!({"role": "ivr", "name": "é".repeat(200)})),
+        )
+        .await;
+    assert_eq!(
+        code, 201,
+        "a key named with 200 two-byte characters: {answer}"
+    );
     let queue = &schemas["PutQueueRequest"]["properties"];
     assert_eq!(queue["offer_timeout_s"]["minimum"], 1, "{queue}");
     let get = &doc["paths"]["/v1/interactions/{interaction_id}"]["get"]["parameters"];
@@ -331,6 +369,22 @@ async fn the_document_states_the_rules_the_server_enforces() {
         .find(|p| p["name"] == "wait_s")
         .expect("wait_s");
     assert_eq!(wait["schema"]["maximum"], 300, "{wait}");
+}
+
+/// PUTs `body` as agent `agent`, expecting `status` (201 also takes 200: the agent may exist).
+async fn put_agent_expecting(app: &TestApp, agent: &str, body: Value, status: u16) {
+    let (code, answer) = app
+        .send(
+            Method::PUT,
+            &format!("/v1/agents/{agent}"),
+            Some(&app.admin),
+            Some(body.clone()),
+        )
+        .await;
+    assert!(
+        code == status || (status == 201 && code == 200),
+        "{body}: {code} {answer}"
+    );
 }
 
 /// Whole-number floats and type mistakes get readable errors naming the field.
