@@ -59,6 +59,7 @@ pub struct AckFrame {
         CreateKeyRequest,
         handoff_protocol::KeyRole,
         handoff_protocol::SigninRole,
+        handoff_protocol::InteractionState,
         CreatedKey,
         CreatedAgentToken,
         handoff_protocol::SessionRequest,

@@ -386,6 +386,21 @@ impl PartialEq for RawJson {
     }
 }
 
+/// The states of an interaction, as `state` names them in views and query filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum InteractionState {
+    Queued,
+    Offered,
+    Accepted,
+    WrapUp,
+    Completed,
+    Abandoned,
+    Unanswered,
+    TimedOut,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct InteractionView {
@@ -711,17 +726,27 @@ pub struct CloudEvent {
 #[serde(deny_unknown_fields)]
 pub struct PutWebhookRequest {
     /// An `http://` or `https://` URL. One that is loopback, private, link-local or a cloud
-    /// metadata address is refused unless `egress_allow` names it.
+    /// metadata address is refused unless `egress_allow` names it. At most 2048 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 2048,
+            pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+        )
+    )]
     pub url: String,
     /// Event types to send: exact (`interaction.offered`), a prefix (`interaction.*`), or `*`
-    /// for all. Default `["*"]`.
+    /// for all; 1 to 64 of them. Default `["*"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 64))]
     pub types: Option<Vec<String>>,
     /// The signing secret, `whsec_` and 24 to 64 random bytes in base64 (Standard Webhooks).
     /// Absent on create: the server makes one and returns it once. A new one on update starts
     /// a rotation: deliveries carry a signature with each secret until the old one expires
     /// (24 h later). Absent on update: the secret stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$"))]
     pub secret: Option<String>,
     /// Default true. A PUT with `true` also re-enables a webhook disabled by a 410.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -729,11 +754,15 @@ pub struct PutWebhookRequest {
     /// Deliveries in flight at once, 1..=64 (default 8). Events are sent in `seq` order, but
     /// with more than one in flight they may arrive out of it: order them by `seq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 64))]
     pub max_in_flight: Option<i64>,
     /// How long one delivery may take, 100..=60000 ms (default 15000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 100, maximum = 60000))]
     pub timeout_ms: Option<i64>,
+    /// At most 1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub description: Option<String>,
 }
 

@@ -552,8 +552,8 @@ fn check_webhook(
     let invalid = |field: &str, message: String| {
         ApiError::unprocessable("invalid_field", format!("{field}: {message}")).with_field(field)
     };
-    if request.url.len() > 2048 {
-        return Err(invalid("url", "at most 2048 bytes".to_owned()));
+    if request.url.chars().count() > 2048 {
+        return Err(invalid("url", "at most 2048 characters".to_owned()));
     }
     egress
         .check_url(&request.url)
@@ -595,8 +595,12 @@ fn check_webhook(
             ))
         }
     };
-    if request.description.as_ref().is_some_and(|d| d.len() > 1024) {
-        return Err(invalid("description", "at most 1024 bytes".to_owned()));
+    if request
+        .description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 1024)
+    {
+        return Err(invalid("description", "at most 1024 characters".to_owned()));
     }
     Ok(CheckedWebhook {
         url: request.url.clone(),

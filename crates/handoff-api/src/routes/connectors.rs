@@ -138,7 +138,7 @@ pub struct DeliveriesQuery {
         ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The connector's name"),
         ("action" = Option<String>, Query, description = "The action: `log` (default) or an action's name"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many attempts, 1..=1000 (default 100)"),
-        ("before" = Option<i64>, Query, description = "Only attempts older than this attempt id"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only attempts older than this attempt id"),
     ),
     responses(
         (status = 200, description = "Attempts and pending retries", body = handoff_protocol::Deliveries),

@@ -218,7 +218,7 @@ fn may_read(principal: &Principal, interaction: &Interaction) -> Result<(), ApiE
     tag = "interactions",
     summary = "Hand off a call: create an interaction for an agent or a queue (ivr, admin)",
     params(
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, description = "Makes a retry safe: the same key with an equal body within 24 h answers 200 with the same interaction"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[\\x21-\\x7E]{1,255}$", description = "Makes a retry safe: the same key with an equal body within 24 h answers 200 with the same interaction"),
     ),
     request_body(content = handoff_protocol::CreateInteractionRequest, content_type = "application/json"),
     responses(
@@ -524,7 +524,7 @@ pub struct GetQuery {
     params(
         ("interaction_id" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The interaction's id"),
         ("wait_s" = Option<u64>, Query, minimum = 0, maximum = 300, description = "Wait up to this many seconds (0..=300) for the state to differ from `state`"),
-        ("state" = Option<String>, Query, description = "The state to wait for a change from; default: the current one"),
+        ("state" = Option<handoff_protocol::InteractionState>, Query, description = "The state to wait for a change from; default: the current one"),
     ),
     responses(
         (status = 200, description = "The interaction, with `history`", body = handoff_protocol::InteractionView),
@@ -637,7 +637,7 @@ pub struct ListQuery {
     tag = "interactions",
     summary = "List interactions, newest first (supervisor, admin; an agent lists its own)",
     params(
-        ("state" = Option<String>, Query, description = "Only interactions in this state"),
+        ("state" = Option<handoff_protocol::InteractionState>, Query, description = "Only interactions in this state"),
         ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held, or was offered. An agent's key lists only its own: the filter defaults to that agent and may name no other"),
         ("since" = Option<String>, Query, description = "Only interactions changed at or after this RFC 3339 time (the agent desktop asks for today's)"),
         ("queue" = Option<String>, Query, description = "Only interactions created for this queue or headed to it now (after an overflow or a transfer)"),
@@ -1053,24 +1053,16 @@ impl IfMatch {
         };
         let mut versions = Vec::new();
         for value in values {
-            let text = value.to_str().map_err(|_| unreadable())?;
-            for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                if tag == "*" {
-                    return Ok(Some(IfMatch::Any));
-                }
-                if tag.starts_with("W/") {
+            for tag in entity_tags(value.as_bytes()).ok_or_else(unreadable)? {
+                match tag {
+                    ListedTag::Any => return Ok(Some(IfMatch::Any)),
                     // Weak tags never match If-Match; remembered as no version at all.
-                    continue;
-                }
-                let bare = tag
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .unwrap_or(tag);
-                match bare.parse::<u64>() {
-                    Ok(version) => versions.push(version),
-                    // Another server's tag, say: well formed, but never this context's.
-                    Err(_) if tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"') => {}
-                    Err(_) => return Err(unreadable()),
+                    ListedTag::Weak => {}
+                    // Another server's tag, say, is well formed but never this context's.
+                    ListedTag::Strong(opaque) => versions.extend(version_of(opaque)),
+                    ListedTag::Bare(text) => {
+                        versions.push(version_of(text).ok_or_else(unreadable)?)
+                    }
                 }
             }
         }
@@ -1083,6 +1075,79 @@ impl IfMatch {
             IfMatch::Versions(versions) => versions.contains(&version),
         }
     }
+}
+
+/// One element of an `If-Match` list.
+#[derive(Debug, PartialEq)]
+enum ListedTag<'a> {
+    Any,
+    /// `W/"..."`.
+    Weak,
+    /// The opaque part of `"..."`.
+    Strong(&'a [u8]),
+    /// An unquoted element, taken as a version if it is a number.
+    Bare(&'a [u8]),
+}
+
+/// The elements of one `If-Match` field value (RFC 9110 5.6.1, 8.8.3): `*`, or entity tags
+/// `"..."` and `W/"..."` separated by commas, a comma inside the quotes being part of the tag;
+/// empty elements are skipped. None when the value is not such a list.
+fn entity_tags(mut rest: &[u8]) -> Option<Vec<ListedTag<'_>>> {
+    // etagc: %x21 / %x23-7E / obs-text; a DQUOTE ends the tag.
+    let is_etagc = |b: u8| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80;
+    let skip_whitespace = |text: &[u8]| -> usize {
+        text.iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count()
+    };
+    let mut tags = Vec::new();
+    loop {
+        rest = &rest[skip_whitespace(rest)..];
+        match rest.first() {
+            None => return Some(tags),
+            Some(b',') => {
+                rest = &rest[1..];
+                continue;
+            }
+            _ => {}
+        }
+        let weak = rest.starts_with(b"W/");
+        let quoted = if weak { &rest[2..] } else { rest };
+        let tag = if quoted.first() == Some(&b'"') {
+            let length = quoted[1..].iter().take_while(|b| is_etagc(**b)).count();
+            if quoted.get(1 + length) != Some(&b'"') {
+                return None;
+            }
+            rest = &quoted[length + 2..];
+            if weak {
+                ListedTag::Weak
+            } else {
+                ListedTag::Strong(&quoted[1..1 + length])
+            }
+        } else if weak {
+            return None;
+        } else {
+            let length = rest.iter().take_while(|b| **b != b',').count();
+            let element = &rest[..length];
+            rest = &rest[length..];
+            let trimmed = element.trim_ascii_end();
+            if trimmed == b"*" {
+                ListedTag::Any
+            } else {
+                ListedTag::Bare(trimmed)
+            }
+        };
+        tags.push(tag);
+        rest = &rest[skip_whitespace(rest)..];
+        if !(rest.is_empty() || rest[0] == b',') {
+            return None;
+        }
+    }
+}
+
+/// The context version a tag's text names, if it is a decimal number.
+fn version_of(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.parse::<u64>().ok()
 }
 
 /// Who may update an interaction's context: an admin, the IVR key that created it, or the
@@ -1278,4 +1343,47 @@ pub async fn patch_context(
     let (context, version) =
         updated.ok_or_else(|| ApiError::internal("a context update appended no event"))?;
     Ok(context_response(&context, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{entity_tags, ListedTag};
+
+    #[test]
+    fn if_match_lists_are_read_as_rfc_9110_writes_them() {
+        assert_eq!(entity_tags(b"*"), Some(vec![ListedTag::Any]));
+        assert_eq!(
+            entity_tags(b"\"3\", W/\"3\" ,,\"x\""),
+            Some(vec![
+                ListedTag::Strong(b"3"),
+                ListedTag::Weak,
+                ListedTag::Strong(b"x")
+            ])
+        );
+        // A comma and a backtick are etagc: inside the quotes they belong to the tag.
+        assert_eq!(
+            entity_tags(b"W/\"\", W/\",S`ax\""),
+            Some(vec![ListedTag::Weak, ListedTag::Weak])
+        );
+        assert_eq!(
+            entity_tags(b"\"a,b\""),
+            Some(vec![ListedTag::Strong(b"a,b")])
+        );
+        assert_eq!(entity_tags(b" 3 "), Some(vec![ListedTag::Bare(b"3")]));
+        assert_eq!(entity_tags(b""), Some(vec![]));
+        for unreadable in [
+            &b"\"3"[..],
+            b"W/3",
+            b"\"3\" \"4\"",
+            b"\"a\"b\"",
+            b"\"sp ace\"",
+        ] {
+            assert_eq!(
+                entity_tags(unreadable),
+                None,
+                "{}",
+                String::from_utf8_lossy(unreadable)
+            );
+        }
+    }
 }

@@ -167,7 +167,7 @@ pub struct DeliveriesQuery {
     params(
         ("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The webhook's name"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many attempts, 1..=1000 (default 100)"),
-        ("before" = Option<i64>, Query, description = "Only attempts older than this attempt id (`next_before` of the previous page)"),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only attempts older than this attempt id (`next_before` of the previous page)"),
     ),
     responses(
         (status = 200, description = "Attempts and pending retries", body = handoff_protocol::Deliveries),

@@ -120,6 +120,16 @@ async fn the_ivr_and_the_agent_update_the_context_under_if_match_and_a_transfer_
     // A weak tag never matches If-Match (RFC 9110 13.1.1).
     let (status, _, _) = patch(&app, &id, &alice, Some("W/\"2\""), json!({"note": "weak"})).await;
     assert_eq!(status, 412);
+    // Nor does a tag whose quotes hold a comma: it is one tag, not two halves to refuse.
+    let (status, body, _) = patch(
+        &app,
+        &id,
+        &alice,
+        Some("W/\"\", \",2\""),
+        json!({"note": "comma"}),
+    )
+    .await;
+    assert_eq!(status, 412, "{body}");
 
     // The agent, assigned now, writes its notes against the current version.
     let (status, updated, etag) = patch(

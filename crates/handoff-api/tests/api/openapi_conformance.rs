@@ -359,6 +359,40 @@ async fn the_document_states_the_rules_the_server_enforces() {
         code, 201,
         "a key named with 200 two-byte characters: {answer}"
     );
+    // Query filters and headers: state names, attempt ids, idempotency keys.
+    let parameter = |path: &str, method: &str, name: &str| -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} {name}"))
+    };
+    for (path, method) in [
+        ("/v1/interactions", "get"),
+        ("/v1/interactions/{interaction_id}", "get"),
+    ] {
+        let state = parameter(path, method, "state");
+        let reference = state["schema"]["$ref"].as_str().unwrap_or_default();
+        let states = &schemas[reference.trim_start_matches("#/components/schemas/")]["enum"];
+        assert!(
+            states.as_array().is_some_and(|s| s.len() == 8) && states[3] == "wrap_up",
+            "{path} state: {state} {states}"
+        );
+    }
+    for path in [
+        "/v1/webhooks/{name}/deliveries",
+        "/v1/connectors/{name}/deliveries",
+    ] {
+        let before = parameter(path, "get", "before");
+        assert_eq!(before["schema"]["minimum"], 1, "{path}: {before}");
+    }
+    let key = parameter("/v1/interactions", "post", "Idempotency-Key");
+    assert_eq!(key["schema"]["pattern"], "^[\\x21-\\x7E]{1,255}$", "{key}");
+    let webhook = &schemas["PutWebhookRequest"]["properties"];
+    assert_eq!(webhook["max_in_flight"]["maximum"], 64, "{webhook}");
+    assert_eq!(webhook["timeout_ms"]["minimum"], 100, "{webhook}");
+    assert_eq!(webhook["url"]["maxLength"], 2048, "{webhook}");
+    assert_eq!(webhook["types"]["minItems"], 1, "{webhook}");
     let queue = &schemas["PutQueueRequest"]["properties"];
     assert_eq!(queue["offer_timeout_s"]["minimum"], 1, "{queue}");
     let get = &doc["paths"]["/v1/interactions/{interaction_id}"]["get"]["parameters"];
