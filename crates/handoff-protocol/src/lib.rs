@@ -732,7 +732,7 @@ pub struct PutWebhookRequest {
         schema(
             min_length = 1,
             max_length = 2048,
-            pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+            pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9\\[]"
         )
     )]
     pub url: String,

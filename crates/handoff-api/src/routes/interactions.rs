@@ -639,7 +639,7 @@ pub struct ListQuery {
     params(
         ("state" = Option<handoff_protocol::InteractionState>, Query, description = "Only interactions in this state"),
         ("agent" = Option<String>, Query, description = "Only interactions this agent holds or held, or was offered. An agent's key lists only its own: the filter defaults to that agent and may name no other"),
-        ("since" = Option<String>, Query, description = "Only interactions changed at or after this RFC 3339 time (the agent desktop asks for today's)"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only interactions changed at or after this RFC 3339 time (the agent desktop asks for today's)"),
         ("queue" = Option<String>, Query, description = "Only interactions created for this queue or headed to it now (after an overflow or a transfer)"),
         ("call_id" = Option<String>, Query, description = "Only interactions with this call id"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many, 1..=1000 (default 100)"),

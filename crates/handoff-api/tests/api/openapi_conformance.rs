@@ -386,12 +386,36 @@ async fn the_document_states_the_rules_the_server_enforces() {
         let before = parameter(path, "get", "before");
         assert_eq!(before["schema"]["minimum"], 1, "{path}: {before}");
     }
+    let since = parameter("/v1/interactions", "get", "since");
+    assert_eq!(since["schema"]["format"], "date-time", "{since}");
+    let (code, answer) = app
+        .send(
+            Method::GET,
+            "/v1/interactions?since=yesterday",
+            Some(&app.admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400, "since is not a date-time: {answer}");
     let key = parameter("/v1/interactions", "post", "Idempotency-Key");
     assert_eq!(key["schema"]["pattern"], "^[\\x21-\\x7E]{1,255}$", "{key}");
     let webhook = &schemas["PutWebhookRequest"]["properties"];
     assert_eq!(webhook["max_in_flight"]["maximum"], 64, "{webhook}");
     assert_eq!(webhook["timeout_ms"]["minimum"], 100, "{webhook}");
     assert_eq!(webhook["url"]["maxLength"], 2048, "{webhook}");
+    let url = webhook["url"]["pattern"].as_str().unwrap_or_default();
+    assert!(
+        url.ends_with("://[A-Za-z0-9\\[]"),
+        "a host after the scheme: {url}"
+    );
+    let (code, answer) = app
+        .put(
+            "/v1/webhooks/no-host",
+            &app.admin,
+            json!({"url": "HTTP://"}),
+        )
+        .await;
+    assert_eq!(code, 422, "a URL without a host: {answer}");
     assert_eq!(webhook["types"]["minItems"], 1, "{webhook}");
     let queue = &schemas["PutQueueRequest"]["properties"];
     assert_eq!(queue["offer_timeout_s"]["minimum"], 1, "{queue}");
