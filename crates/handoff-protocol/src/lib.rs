@@ -297,13 +297,19 @@ pub struct PutPresenceRequest {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateInteractionRequest {
+    /// At most 256 characters, as are `dialed`, `channel` and `call_id`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub caller: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub dialed: Option<String>,
+    /// Default `voice`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub channel: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 256))]
     pub call_id: Option<String>,
     /// Any JSON object, up to `max_context_bytes` serialized.
     #[serde(default)]

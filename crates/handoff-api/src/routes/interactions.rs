@@ -499,10 +499,10 @@ fn json_depth(value: &serde_json::Value) -> usize {
 }
 
 fn check_text(field: &'static str, value: Option<&str>) -> Result<(), ApiError> {
-    if value.is_some_and(|v| v.len() > 256) {
+    if value.is_some_and(|v| v.chars().count() > 256) {
         return Err(ApiError::unprocessable(
             "invalid_field",
-            format!("{field}: at most 256 bytes"),
+            format!("{field}: at most 256 characters"),
         )
         .with_field(field));
     }

@@ -1207,6 +1207,26 @@ async fn query_parameters_that_are_not_numbers_or_known_states_are_400_naming_th
         "invalid_field",
         Field::Is("since"),
     );
+    for limit in ["0", "1001", "-1"] {
+        let answer = f
+            .app
+            .get(&format!("/v1/interactions?limit={limit}"), &f.app.admin)
+            .await;
+        assert_error(
+            &format!("list ?limit={limit}"),
+            &answer,
+            400,
+            "invalid_field",
+            Field::Is("limit"),
+        );
+    }
+    for limit in ["1", "1000"] {
+        let (status, body) = f
+            .app
+            .get(&format!("/v1/interactions?limit={limit}"), &f.app.admin)
+            .await;
+        assert_eq!(status, 200, "?limit={limit}: {body}");
+    }
     let answer = f.app.get("/v1/agents?status=sleeping", &f.app.admin).await;
     assert_error(
         "agents ?status=sleeping",
@@ -1223,6 +1243,39 @@ async fn query_parameters_that_are_not_numbers_or_known_states_are_400_naming_th
         "invalid_field",
         Field::Is("after"),
     );
+    f.assert_still_serving_with_nothing_lost().await;
+}
+
+/// The call's text fields take 256 characters (two-byte ones too) and refuse 257.
+#[tokio::test]
+async fn call_text_fields_over_256_characters_are_422_naming_the_field() {
+    let f = fixture().await;
+    for field in ["caller", "dialed", "channel", "call_id"] {
+        let mut body = json!({"target": {"agent": "alice"}});
+        body[field] = json!("é".repeat(257));
+        let answer = f.app.post("/v1/interactions", &f.ivr, Some(body)).await;
+        assert_error(
+            &format!("{field} of 257 characters"),
+            &answer,
+            422,
+            "invalid_field",
+            Field::Is(field),
+        );
+    }
+    let longest = "é".repeat(256);
+    let (status, created) = f
+        .app
+        .post(
+            "/v1/interactions",
+            &f.ivr,
+            Some(
+                json!({"caller": longest, "dialed": longest, "call_id": longest,
+                        "target": {"agent": "alice"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "256 two-byte characters each: {created}");
+    assert_eq!(created["caller"], json!(longest));
     f.assert_still_serving_with_nothing_lost().await;
 }
 

@@ -133,8 +133,23 @@ async fn the_same_idempotency_key_twice_makes_one_interaction_and_one_pop() {
         "no second pop: {following}"
     );
 
+    // Keys are per calling key: another IVR's equal key and body is a call of its own.
+    let other_ivr = app.key("ivr").await;
+    let other = app
+        .http
+        .post(app.url("/v1/interactions"))
+        .bearer_auth(&other_ivr)
+        .header("Idempotency-Key", "call-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 201, "another key's call-42 is new");
+    let other: serde_json::Value = other.json().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+
     let admin_list = app.get("/v1/interactions", &app.admin).await.1;
-    assert_eq!(admin_list["interactions"].as_array().unwrap().len(), 1);
+    assert_eq!(admin_list["interactions"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
 
