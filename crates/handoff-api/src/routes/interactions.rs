@@ -1145,8 +1145,12 @@ fn entity_tags(mut rest: &[u8]) -> Option<Vec<ListedTag<'_>>> {
     }
 }
 
-/// The context version a tag's text names, if it is a decimal number.
+/// The context version a tag's text names, if it is digits only: `"+3"` is another tag than
+/// `"3"`, though Rust's integer parser would read both as 3.
 fn version_of(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     std::str::from_utf8(text).ok()?.parse::<u64>().ok()
 }
 
@@ -1371,6 +1375,9 @@ mod tests {
         );
         assert_eq!(entity_tags(b" 3 "), Some(vec![ListedTag::Bare(b"3")]));
         assert_eq!(entity_tags(b""), Some(vec![]));
+        assert_eq!(super::version_of(b"3"), Some(3));
+        assert_eq!(super::version_of(b"+3"), None);
+        assert_eq!(super::version_of(b""), None);
         for unreadable in [
             &b"\"3"[..],
             b"W/3",
