@@ -29,8 +29,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::shutdown::Shutdown;
 use crate::wire;
 
-/// How long an idempotency record answers retries.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+/// How long an idempotency record answers retries unless configured (`idempotency_window_s`).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// Room in an agent's live feed: events for one agent beyond this, not yet taken by its
 /// slowest stream, make that stream catch up from the log instead. An agent gets few events
 /// (its pops and its presence), and each open agent pays for this room.
@@ -548,13 +548,15 @@ pub async fn start(
     settings: handoff_core::Settings,
     pop_url_default: Option<String>,
     keep_ended: Duration,
+    idempotency_window: Duration,
     shutdown: Shutdown,
 ) -> Result<(Engine, tokio::task::JoinHandle<()>), anyhow::Error> {
     let (state, after) = replay_log(&store, settings, keep_ended).await?;
+    let idempotency_window_ms = i64::try_from(idempotency_window.as_millis()).unwrap_or(i64::MAX);
     let now_ms = wire::now().millis();
     let mut idempotency = IdempotencyTable::default();
     for record in store
-        .idempotency_since(now_ms - IDEMPOTENCY_WINDOW_MS)
+        .idempotency_since(now_ms.saturating_sub(idempotency_window_ms))
         .await?
     {
         if let Ok(interaction_id) = InteractionId::parse(&record.interaction_id) {
@@ -581,6 +583,7 @@ pub async fn start(
         shutdown,
         pop_url_default,
         keep_ended,
+        idempotency_window_ms,
         in_flight: VecDeque::new(),
         failure: None,
     };
@@ -591,6 +594,8 @@ pub async fn start(
 
 struct EngineTask {
     keep_ended: Duration,
+    /// How long an idempotency record answers retries, in milliseconds.
+    idempotency_window_ms: i64,
     store: Arc<dyn Store>,
     working: State,
     shared: Arc<Shared>,
@@ -777,7 +782,7 @@ impl EngineTask {
         if let Some(check) = &idempotency {
             let slot = (check.key_id.clone(), check.key.clone());
             if let Some(entry) = self.idempotency.get(&slot) {
-                if entry.created_ms >= now.millis() - IDEMPOTENCY_WINDOW_MS {
+                if entry.created_ms >= now.millis().saturating_sub(self.idempotency_window_ms) {
                     if entry.body_sha256 != check.body_sha256 {
                         return Err(EngineError::IdempotencyMismatch);
                     }
@@ -1101,7 +1106,9 @@ impl EngineTask {
     }
 
     async fn purge_idempotency(&mut self) {
-        let cutoff = wire::now().millis() - IDEMPOTENCY_WINDOW_MS;
+        let cutoff = wire::now()
+            .millis()
+            .saturating_sub(self.idempotency_window_ms);
         self.idempotency
             .retain(|_, entry| entry.created_ms >= cutoff);
         if let Err(error) = self.store.purge_idempotency(cutoff).await {

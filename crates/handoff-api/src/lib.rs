@@ -57,6 +57,8 @@ pub struct ApiSettings {
     /// How long an ended interaction stays in memory; after that it is read from the log, and
     /// lists no longer show it.
     pub ended_interactions_kept: Duration,
+    /// How long an `Idempotency-Key` answers retries of its create with the same interaction.
+    pub idempotency_window: Duration,
     /// Requests each key or session may make; None: no limit.
     pub rate_limit: Option<rate_limit::RateLimit>,
     /// What connectors and webhooks may reach although loopback or private (`egress_allow`).
@@ -91,6 +93,7 @@ impl Default for ApiSettings {
             pop_url: None,
             rate_limit: None,
             ended_interactions_kept: Duration::from_secs(25 * 60 * 60),
+            idempotency_window: engine::DEFAULT_IDEMPOTENCY_WINDOW,
             egress_allow: Vec::new(),
             outbox: integrations::outbox::OutboxSettings::default(),
             enrich_wait: Duration::from_millis(150),
@@ -174,6 +177,7 @@ impl Running {
                     settings.core.clone(),
                     settings.pop_url.clone(),
                     settings.ended_interactions_kept,
+                    settings.idempotency_window,
                     shutdown.clone(),
                 )
                 .await?

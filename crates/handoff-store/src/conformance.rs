@@ -546,6 +546,20 @@ pub async fn idempotency_records(h: &dyn Harness) {
         since(3_001).await.is_empty(),
         "nothing since after the newest"
     );
+    // The same key again, after its record expired: the new record takes its place.
+    let r1_again = idempotency("key-1", "idem-1", 4_000, 4);
+    commit(&*s, batch(&[&r1_again]), "a record under an expired key").await;
+    assert_eq!(
+        since(i64::MIN).await,
+        vec![r2.clone(), r3.clone(), r1_again.clone()],
+        "the new record replaces the expired one"
+    );
+    commit(
+        &*s,
+        batch(&[&r1]),
+        "the first record back, for the purges below",
+    )
+    .await;
 
     assert_eq!(
         s.purge_idempotency(2_000).await.expect("purge"),
@@ -938,31 +952,34 @@ pub async fn refused_batch_fails_only_itself(h: &dyn Harness) {
     );
 }
 
-/// A batch that fails while it is being written (here its idempotency record is already
-/// there) leaves nothing of itself, whether it was alone in its transaction or grouped with
-/// others, and the batches beside it land.
+/// A batch that fails while it is being written (here the API key it adds is already there)
+/// leaves nothing of itself, not even the idempotency record it put in place of an older one,
+/// whether it was alone in its transaction or grouped with others, and the batches beside it
+/// land.
 pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
     const EACH: usize = 16;
     let s = h.fresh().await;
     let setup = Batch {
         events: vec![event(1, "int-1", &["agent-a"], "one")],
         idempotency: vec![idempotency("key-1", "idem-1", 1_000, 1)],
+        keys_added: vec![key("key-taken", "ivr", None, 1)],
         ..Batch::default()
     };
     commit(&*s, setup, "the setup batch").await;
     let before = snapshot(&*s).await;
 
-    // Its event continues the log and is written first; the record after it fails.
+    // Its event continues the log and is written first; the key after it fails.
     let failing = |t: usize| Batch {
         events: vec![event(2, "int-2", &["agent-b"], "two")],
         acks: vec![(format!("failed-{t:02}"), 1)],
         idempotency: vec![idempotency("key-1", "idem-1", 2_000, 2)],
         deadlines_set: vec![deadline("int-2", "agent-b", 6_000)],
+        keys_added: vec![key("key-taken", "ivr", None, 2)],
         ..Batch::default()
     };
     assert!(
         s.commit(failing(0)).await.is_err(),
-        "a batch repeating an idempotency record must fail"
+        "a batch adding a key id that is taken must fail"
     );
     assert_eq!(
         snapshot(&*s).await,
@@ -999,7 +1016,7 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
     }
     for task in tasks {
         match join(task).await {
-            (true, result) => assert!(result.is_err(), "a repeated record must fail"),
+            (true, result) => assert!(result.is_err(), "a taken key id must fail"),
             (false, result) => {
                 if let Err(e) = result {
                     panic!("a valid batch failed beside failing ones: {e}");

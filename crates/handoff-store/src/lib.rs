@@ -167,6 +167,9 @@ pub struct Batch {
     pub events: Vec<StoredEvent>,
     /// Ack cursors `(agent_id, seq)`; a cursor never moves backwards (the larger value wins).
     pub acks: Vec<(String, SeqNumber)>,
+    /// Idempotency records to insert, or to put in place of the record under the same key:
+    /// the engine, the one writer, writes a record only where it found none still in its
+    /// window, so an older record under that key has expired (and may not be purged yet).
     pub idempotency: Vec<IdempotencyRecord>,
     /// Offer deadlines to insert or replace (keyed by interaction id).
     pub deadlines_set: Vec<OfferDeadline>,

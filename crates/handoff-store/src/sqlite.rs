@@ -925,13 +925,16 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     }
 
     if !batch.idempotency.is_empty() {
-        // A plain insert: a second record under the same key means two requests both believed
-        // they were first, and the later one must not silently win or vanish.
+        // An older record under the same key has expired (see `Batch::idempotency`).
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO idempotency
                  (key_id, idempotency_key, body_sha256, interaction_id, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key_id, idempotency_key) DO UPDATE SET
+                     body_sha256 = excluded.body_sha256,
+                     interaction_id = excluded.interaction_id,
+                     created_ms = excluded.created_ms",
             )
             .map_err(fail("preparing the idempotency insert"))?;
         for r in &batch.idempotency {

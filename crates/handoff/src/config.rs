@@ -90,6 +90,9 @@ pub struct Config {
     /// reads it from the log and lists no longer show it; memory stays bounded by the calls of
     /// that span.
     pub ended_interactions_kept_s: u64,
+    /// How long an `Idempotency-Key` answers a retry of its create with the same interaction
+    /// (and refuses one with another body), 1 to 2592000 (30 days). Default 86400 (24 h).
+    pub idempotency_window_s: u64,
     /// Requests a second each key or session may make on average; beyond it the server
     /// answers 429 `rate_limited` with `Retry-After`. 0 (the default): no limit.
     pub rate_limit_per_key: u32,
@@ -192,6 +195,7 @@ impl Default for Config {
             log: "info".to_owned(),
             pop_url: None,
             ended_interactions_kept_s: 25 * 60 * 60,
+            idempotency_window_s: 24 * 60 * 60,
             rate_limit_per_key: 0,
             rate_limit_burst: 0,
             queues: Vec::new(),
@@ -308,6 +312,7 @@ impl Config {
             ping_interval_s,
             stream_max_unsent_bytes,
             ended_interactions_kept_s,
+            idempotency_window_s,
             rate_limit_per_key,
             rate_limit_burst,
             outbox_attempts_kept,
@@ -462,6 +467,9 @@ impl Config {
         }
         if !(65_536..=1 << 30).contains(&self.stream_max_unsent_bytes) {
             bail!("stream_max_unsent_bytes must be from 65536 to 1073741824");
+        }
+        if !(1..=2_592_000).contains(&self.idempotency_window_s) {
+            bail!("idempotency_window_s must be from 1 to 2592000 (30 days)");
         }
         self.zone()?;
         handoff_api::egress::EgressPolicy::parse(&self.egress_allow)
@@ -751,6 +759,7 @@ mod tests {
         assert_eq!(config.timezone, "UTC");
         assert!(config.allowed_origins.is_empty());
         assert!(config.egress_allow.is_empty());
+        assert_eq!(config.idempotency_window_s, 86_400);
     }
 
     #[test]
@@ -794,6 +803,15 @@ mod tests {
         );
         let error = load_env(&[("HANDOFF_DURABILITY", "maybe")]).unwrap_err();
         assert!(error.to_string().contains("durability"), "{error}");
+        for window in ["0", "2592001"] {
+            let error = load_env(&[("HANDOFF_IDEMPOTENCY_WINDOW_S", window)]).unwrap_err();
+            assert!(
+                error.to_string().contains("idempotency_window_s"),
+                "{window}: {error}"
+            );
+        }
+        let config = load_env(&[("HANDOFF_IDEMPOTENCY_WINDOW_S", "600")]).unwrap();
+        assert_eq!(config.idempotency_window_s, 600);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "listen_on = \"x\"\n").unwrap();

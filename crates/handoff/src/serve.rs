@@ -101,6 +101,7 @@ pub(crate) fn api_settings(config: &Config) -> anyhow::Result<ApiSettings> {
         outbox: config.outbox_settings()?,
         enrich_wait: Duration::from_millis(config.enrich_wait_ms),
         ended_interactions_kept: Duration::from_secs(config.ended_interactions_kept_s),
+        idempotency_window: Duration::from_secs(config.idempotency_window_s),
         uc: config.uc_settings()?,
         stream_max_unsent_bytes: config.stream_max_unsent_bytes,
     })

@@ -218,7 +218,7 @@ fn may_read(principal: &Principal, interaction: &Interaction) -> Result<(), ApiE
     tag = "interactions",
     summary = "Hand off a call: create an interaction for an agent or a queue (ivr, admin)",
     params(
-        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[\\x21-\\x7E]{1,255}$", description = "Makes a retry safe: the same key with an equal body within 24 h answers 200 with the same interaction"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[\\x21-\\x7E]{1,255}$", description = "Makes a retry safe: the same key with an equal body within the server's `idempotency_window_s` (24 h by default) answers 200 with the same interaction"),
     ),
     request_body(content = handoff_protocol::CreateInteractionRequest, content_type = "application/json"),
     responses(

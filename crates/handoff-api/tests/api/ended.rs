@@ -15,24 +15,9 @@ fn forget_at_once() -> ApiSettings {
     }
 }
 
-/// Creates an interaction for alice with an Idempotency-Key, and returns its id.
-async fn create_with_key(app: &TestApp, ivr: &str, key: &str, body: &Value) -> (u16, Value) {
-    let response = app
-        .http
-        .post(app.url("/v1/interactions"))
-        .bearer_auth(ivr)
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .expect("request sent");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// alice takes the call and completes it; returns the interaction's id.
 async fn completed_call(app: &TestApp, ivr: &str, alice: &str, body: &Value) -> String {
-    let (status, created) = create_with_key(app, ivr, "call-1", body).await;
+    let (status, created) = app.create_with_key(ivr, "call-1", body).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["state"], "offered", "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
@@ -80,7 +65,7 @@ async fn reads_as_before(
     let (status, refused) = app.get(&format!("/v1/interactions/{id}"), &bob).await;
     assert_eq!(status, 403, "bob reads alice's: {refused}");
     // The same Idempotency-Key and body: the same interaction, nobody popped again.
-    let (status, replayed) = create_with_key(app, ivr, "call-1", body).await;
+    let (status, replayed) = app.create_with_key(ivr, "call-1", body).await;
     assert_eq!(status, 200, "{replayed}");
     assert_eq!(replayed["id"], id);
     assert_eq!(replayed["state"], "completed");

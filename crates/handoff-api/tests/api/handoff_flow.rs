@@ -1,6 +1,6 @@
 //! The hand-off end to end: create, pop, accept, complete; idempotency; resume with `after`.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -92,6 +92,12 @@ async fn an_ivr_handoff_pops_the_identical_context_and_the_history_shows_every_s
     app.stop().await;
 }
 
+/// Creates with `Idempotency-Key: key` as `token`: the status and the interaction's id.
+async fn create_with_key(app: &TestApp, token: &str, key: &str, body: &Value) -> (u16, String) {
+    let (status, answer) = app.create_with_key(token, key, body).await;
+    (status, answer["id"].as_str().unwrap_or_default().to_owned())
+}
+
 #[tokio::test]
 async fn the_same_idempotency_key_twice_makes_one_interaction_and_one_pop() {
     let app = spawn_app().await;
@@ -100,31 +106,19 @@ async fn the_same_idempotency_key_twice_makes_one_interaction_and_one_pop() {
     let mut ws = app.stream("alice", &alice, None).await;
     let body =
         json!({"caller": "+1555", "context": {"a": 1, "b": [1, 2]}, "target": {"agent": "alice"}});
-    let send = |body: serde_json::Value| {
-        app.http
-            .post(app.url("/v1/interactions"))
-            .bearer_auth(&ivr)
-            .header("Idempotency-Key", "call-42")
-            .json(&body)
-            .send()
-    };
-    let first = send(body.clone()).await.unwrap();
-    assert_eq!(first.status().as_u16(), 201);
-    let first: serde_json::Value = first.json().await.unwrap();
+    let (status, first) = create_with_key(&app, &ivr, "call-42", &body).await;
+    assert_eq!(status, 201);
     // Equal as parsed JSON: the same object with its keys in another order.
     let reordered =
         json!({"target": {"agent": "alice"}, "context": {"b": [1, 2], "a": 1}, "caller": "+1555"});
-    let second = send(reordered).await.unwrap();
-    assert_eq!(second.status().as_u16(), 200);
-    let second: serde_json::Value = second.json().await.unwrap();
-    assert_eq!(first["id"], second["id"]);
-    let different = send(json!({"caller": "+1999", "target": {"agent": "alice"}}))
-        .await
-        .unwrap();
-    assert_eq!(different.status().as_u16(), 422);
+    let (status, second) = create_with_key(&app, &ivr, "call-42", &reordered).await;
+    assert_eq!((status, &second), (200, &first));
+    let different = json!({"caller": "+1999", "target": {"agent": "alice"}});
+    let (status, _) = create_with_key(&app, &ivr, "call-42", &different).await;
+    assert_eq!(status, 422);
 
     let pop = next_of_type(&mut ws, "interaction.offered").await;
-    assert_eq!(pop["subject"], first["id"]);
+    assert_eq!(pop["subject"], first.as_str());
     // A marker after the retries: the next event the agent sees must be it, not a second pop.
     app.presence("alice", &alice, "busy").await;
     let following = next_event(&mut ws).await;
@@ -135,21 +129,61 @@ async fn the_same_idempotency_key_twice_makes_one_interaction_and_one_pop() {
 
     // Keys are per calling key: another IVR's equal key and body is a call of its own.
     let other_ivr = app.key("ivr").await;
-    let other = app
-        .http
-        .post(app.url("/v1/interactions"))
-        .bearer_auth(&other_ivr)
-        .header("Idempotency-Key", "call-42")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status().as_u16(), 201, "another key's call-42 is new");
-    let other: serde_json::Value = other.json().await.unwrap();
-    assert_ne!(other["id"], first["id"]);
+    let (status, other) = create_with_key(&app, &other_ivr, "call-42", &body).await;
+    assert_eq!(status, 201, "another key's call-42 is new");
+    assert_ne!(other, first);
 
     let admin_list = app.get("/v1/interactions", &app.admin).await.1;
     assert_eq!(admin_list["interactions"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+/// Within `idempotency_window` the same key answers with the same interaction; after it, the
+/// key makes a new one (and never before the window has passed).
+#[tokio::test]
+async fn an_idempotency_key_answers_retries_within_its_window_and_makes_a_new_interaction_after_it()
+{
+    let window = std::time::Duration::from_secs(3);
+    let app = spawn_app_with(handoff_api::ApiSettings {
+        idempotency_window: window,
+        ..handoff_api::ApiSettings::default()
+    })
+    .await;
+    let _alice = app.agent("alice", true).await;
+    let ivr = app.key("ivr").await;
+    let body = json!({"caller": "+1555", "target": {"agent": "alice"}});
+    let send = || create_with_key(&app, &ivr, "call-7", &body);
+    let started = std::time::Instant::now();
+    let (status, first) = send().await;
+    assert_eq!(status, 201);
+    let (status, retried) = send().await;
+    assert_eq!(
+        (status, &retried),
+        (200, &first),
+        "a retry {:?} after the first create, within the {window:?} window",
+        started.elapsed()
+    );
+    // Past the window the key is free again: asked until it makes a new interaction.
+    let deadline = started + window + std::time::Duration::from_secs(10);
+    loop {
+        let (status, id) = send().await;
+        if status == 201 {
+            assert!(
+                started.elapsed() >= window,
+                "a new interaction after only {:?}",
+                started.elapsed()
+            );
+            assert_ne!(id, first, "a new interaction, not the old one");
+            break;
+        }
+        assert_eq!((status, &id), (200, &first), "inside the window");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key still answered with the first interaction {:?} after it was made",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }
 

@@ -190,6 +190,21 @@ impl TestApp {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// `POST /v1/interactions` with `Idempotency-Key: key` as `token`: the status and body.
+    pub async fn create_with_key(&self, token: &str, key: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url("/v1/interactions"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn create_interaction(&self, token: &str, body: Value) -> Value {
         let (status, value) = self.post("/v1/interactions", token, Some(body)).await;
         assert_eq!(status, 201, "create interaction: {value}");

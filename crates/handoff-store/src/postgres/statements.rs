@@ -113,13 +113,16 @@ impl Op {
                      AS u(agent_id, seq) GROUP BY u.agent_id
                  ON CONFLICT (agent_id) DO UPDATE SET seq = GREATEST(acks.seq, excluded.seq)"
             }
-            // A plain insert: a second record under the same key means two requests both
-            // believed they were first, and the later one must not silently win or vanish.
+            // An older record under the same key has expired (see `Batch::idempotency`).
             Op::Idempotency => {
                 "INSERT INTO idempotency
                      (key_id, idempotency_key, body_sha256, interaction_id, created_ms)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[],
-                                      $5::bigint[])"
+                                      $5::bigint[])
+                 ON CONFLICT (key_id, idempotency_key) DO UPDATE SET
+                     body_sha256 = excluded.body_sha256,
+                     interaction_id = excluded.interaction_id,
+                     created_ms = excluded.created_ms"
             }
             Op::DeadlinesSet => {
                 "INSERT INTO offer_deadlines (interaction_id, agent_id, expires_ms)
