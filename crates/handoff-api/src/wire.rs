@@ -35,6 +35,12 @@ pub fn parse_time(text: &str) -> Option<Timestamp> {
     ))
 }
 
+/// Whether `text` is over `max` characters, as JSON Schema's `maxLength` counts them. Text of
+/// at most `max` bytes is never counted: the usual case costs one comparison.
+pub fn longer_than(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
 pub fn now() -> Timestamp {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -196,7 +202,7 @@ pub fn capacity_from_wire(capacity: &wire::Capacity, strict: bool) -> Result<Cap
             let mut limits = BTreeMap::new();
             for (channel, value) in per_channel {
                 if strict
-                    && (channel.is_empty() || channel.chars().count() > wire::MAX_SKILL_NAME_CHARS)
+                    && (channel.is_empty() || longer_than(channel, wire::MAX_SKILL_NAME_CHARS))
                 {
                     return Err(invalid(
                         "capacity".to_owned(),
@@ -220,7 +226,7 @@ pub fn skills_from_wire(
 ) -> Result<BTreeMap<String, SkillLevel>, ApiError> {
     let mut levels = BTreeMap::new();
     for (skill, level) in skills {
-        if skill.is_empty() || skill.chars().count() > wire::MAX_SKILL_NAME_CHARS {
+        if skill.is_empty() || longer_than(skill, wire::MAX_SKILL_NAME_CHARS) {
             return Err(ApiError::unprocessable(
                 "invalid_skill",
                 format!("{field}: a skill name must be 1 to 64 characters"),

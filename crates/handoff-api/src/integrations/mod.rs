@@ -552,7 +552,7 @@ fn check_webhook(
     let invalid = |field: &str, message: String| {
         ApiError::unprocessable("invalid_field", format!("{field}: {message}")).with_field(field)
     };
-    if request.url.chars().count() > 2048 {
+    if crate::wire::longer_than(&request.url, 2048) {
         return Err(invalid("url", "at most 2048 characters".to_owned()));
     }
     egress
@@ -598,7 +598,7 @@ fn check_webhook(
     if request
         .description
         .as_ref()
-        .is_some_and(|d| d.chars().count() > 1024)
+        .is_some_and(|d| crate::wire::longer_than(d, 1024))
     {
         return Err(invalid("description", "at most 1024 characters".to_owned()));
     }

@@ -75,7 +75,7 @@ pub async fn put(
 
 fn profile_from(id: AgentId, body: PutAgentRequest) -> Result<AgentProfile, ApiError> {
     let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 200 {
+    if name.is_empty() || crate::wire::longer_than(&name, 200) {
         return Err(
             ApiError::unprocessable("invalid_name", "name: must be 1 to 200 characters")
                 .with_field("name"),

@@ -499,7 +499,7 @@ fn json_depth(value: &serde_json::Value) -> usize {
 }
 
 fn check_text(field: &'static str, value: Option<&str>) -> Result<(), ApiError> {
-    if value.is_some_and(|v| v.chars().count() > 256) {
+    if value.is_some_and(|v| crate::wire::longer_than(v, 256)) {
         return Err(ApiError::unprocessable(
             "invalid_field",
             format!("{field}: at most 256 characters"),

@@ -48,7 +48,7 @@ pub async fn create(
         }
         Some(role) => role,
     };
-    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
+    if body.name.trim().is_empty() || crate::wire::longer_than(&body.name, 200) {
         return Err(
             ApiError::unprocessable("invalid_name", "name: must be 1 to 200 characters")
                 .with_field("name"),

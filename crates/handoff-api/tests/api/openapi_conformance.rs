@@ -239,6 +239,13 @@ async fn the_document_states_the_rules_the_server_enforces() {
     let app = spawn_app().await;
     let (_, doc) = app.send(Method::GET, "/openapi.json", None, None).await;
     let schemas = &doc["components"]["schemas"];
+    let parameter = |path: &str, method: &str, name: &str| -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} {name}"))
+    };
     let id = "^[A-Za-z0-9._-]{1,64}$";
     // Path parameters carry the identifier pattern.
     for (path, name) in [
@@ -246,13 +253,7 @@ async fn the_document_states_the_rules_the_server_enforces() {
         ("/v1/interactions/{interaction_id}", "interaction_id"),
         ("/v1/queues/{name}", "name"),
     ] {
-        let parameters = doc["paths"][path]["get"]["parameters"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{path} parameters"));
-        let parameter = parameters
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{path} {name}"));
+        let parameter = parameter(path, "get", name);
         assert_eq!(parameter["schema"]["pattern"], id, "{path} {name}");
     }
     // Enums.
@@ -360,13 +361,6 @@ async fn the_document_states_the_rules_the_server_enforces() {
         "a key named with 200 two-byte characters: {answer}"
     );
     // Query filters and headers: state names, attempt ids, idempotency keys.
-    let parameter = |path: &str, method: &str, name: &str| -> Value {
-        doc["paths"][path][method]["parameters"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("{method} {path} {name}"))
-    };
     for (path, method) in [
         ("/v1/interactions", "get"),
         ("/v1/interactions/{interaction_id}", "get"),
@@ -419,13 +413,7 @@ async fn the_document_states_the_rules_the_server_enforces() {
     assert_eq!(webhook["types"]["minItems"], 1, "{webhook}");
     let queue = &schemas["PutQueueRequest"]["properties"];
     assert_eq!(queue["offer_timeout_s"]["minimum"], 1, "{queue}");
-    let get = &doc["paths"]["/v1/interactions/{interaction_id}"]["get"]["parameters"];
-    let wait = get
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "wait_s")
-        .expect("wait_s");
+    let wait = parameter("/v1/interactions/{interaction_id}", "get", "wait_s");
     assert_eq!(wait["schema"]["maximum"], 300, "{wait}");
 }
 
