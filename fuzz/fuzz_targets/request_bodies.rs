@@ -10,25 +10,23 @@
 //! - an `Idempotency-Key`'s body hash (`wire::canonical_json`) is valid JSON equal to the body;
 //! - a context merge patch (RFC 7396, `PATCH /v1/interactions/{id}/context`) keeps an object.
 //!
-//! Where a handler does its checks inline (`routes/agents.rs` `profile_from`, the size and depth
-//! checks of `routes/interactions.rs` `create`), they are restated below and say so.
+//! A create is read through `handoff_api::requests::NewInteraction`, as its handler reads it.
+//! Where a handler still does its checks inline (`routes/agents.rs` `profile_from`), they are
+//! restated below and say so.
 
 #![no_main]
 
 use std::sync::Arc;
 
 use handoff_api::json::parse_json;
+use handoff_api::requests::{object_depth, NewInteraction, NewTransfer, MAX_CONTEXT_DEPTH};
 use handoff_api::wire;
-use handoff_core::{
-    AgentId, AgentProfile, Event, InteractionId, InteractionSpec, QueueName, Timestamp,
-};
+use handoff_core::{AgentId, AgentProfile, Event, InteractionId, QueueName, Timestamp};
 use handoff_protocol as proto;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-/// `routes/interactions.rs` `MAX_CONTEXT_DEPTH`.
-const MAX_CONTEXT_DEPTH: usize = 64;
 /// The default `max_context_bytes`.
 const MAX_CONTEXT_BYTES: usize = 65536;
 const SEQ: u64 = 42;
@@ -77,81 +75,23 @@ fn round_trip(event: Event) {
     }
 }
 
-fn json_depth(value: &Value) -> usize {
-    match value {
-        Value::Object(map) => object_depth(map),
-        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn object_depth(map: &Map<String, Value>) -> usize {
-    1 + map.values().map(json_depth).max().unwrap_or(0)
-}
-
 fn create_interaction(data: &[u8]) {
-    let Some(body) = parse::<proto::CreateInteractionRequest>(data) else {
-        return;
+    // `create`: the body read and checked as the handler reads it.
+    let new = match NewInteraction::parse(data, MAX_CONTEXT_BYTES) {
+        Ok(new) => new,
+        Err(error) => return refused(error),
     };
     // `create`: the hash behind an `Idempotency-Key` (equal bodies, equal hashes).
-    let as_value = serde_json::to_value(&body).expect("a parsed body serializes");
+    let as_value = serde_json::to_value(&new.request).expect("a parsed body serializes");
     let canonical = wire::canonical_json(&as_value);
     let reparsed: Value = serde_json::from_str(&canonical).expect("canonical JSON parses");
     assert_eq!(reparsed, as_value, "canonical JSON changed the body");
-    // `create`: context size and depth.
-    let no_context = Map::new();
-    let context = body.context.as_ref().unwrap_or(&no_context);
-    let context_text = serde_json::to_string(context).expect("a context serializes (else a 500)");
-    if context_text.len() > MAX_CONTEXT_BYTES || object_depth(context) > MAX_CONTEXT_DEPTH {
-        return;
-    }
-    let target = match wire::target_from_wire(&body.target, "target") {
-        Ok(target) => target,
-        Err(error) => return refused(error),
-    };
-    let fallback = match body
-        .fallback
-        .as_ref()
-        .map(|f| wire::target_from_wire(f, "fallback"))
-    {
-        None => None,
-        Some(Ok(fallback)) => Some(fallback),
-        Some(Err(error)) => return refused(error),
-    };
-    let max_wait_s = match body.max_wait_s {
-        None => None,
-        Some(s) if (0..=wire::MAX_QUEUE_SECONDS).contains(&s) => Some(s as u64),
-        Some(_) => return,
-    };
-    let channel = body.channel.clone().unwrap_or_else(|| "voice".to_owned());
-    for text in [
-        &body.caller,
-        &body.dialed,
-        &body.call_id,
-        &Some(channel.clone()),
-    ] {
-        if text.as_ref().is_some_and(|t| t.len() > 256) {
-            return;
-        }
-    }
-    if channel.is_empty() {
-        return;
-    }
-    let spec = InteractionSpec {
-        id: InteractionId::parse("ix_fuzz").expect("a valid id"),
-        caller: body.caller,
-        dialed: body.dialed,
-        channel,
-        call_id: body.call_id,
-        context: context_text,
-        target,
-        fallback,
-        priority: body.priority.unwrap_or(0),
-        max_wait_s,
-        enrichment: Vec::new(),
-        created_by: Some("key_fuzz".to_owned()),
-        created_at: at(),
-    };
+    let spec = new.into_spec(
+        InteractionId::parse("ix_fuzz").expect("a valid id"),
+        Vec::new(),
+        Some("key_fuzz".to_owned()),
+        at(),
+    );
     round_trip(Event::InteractionCreated {
         spec: Arc::new(spec),
     });
@@ -217,25 +157,16 @@ fn transfer(data: &[u8]) {
     let Some(body) = parse::<proto::TransferRequest>(data) else {
         return;
     };
-    let target = match wire::target_from_wire(&body.target, "target") {
-        Ok(target) => target,
+    let transfer = match NewTransfer::check(body) {
+        Ok(transfer) => transfer,
         Err(error) => return refused(error),
-    };
-    let fallback = match body
-        .fallback
-        .as_ref()
-        .map(|f| wire::target_from_wire(f, "fallback"))
-    {
-        None => None,
-        Some(Ok(fallback)) => Some(fallback),
-        Some(Err(error)) => return refused(error),
     };
     round_trip(Event::InteractionTransferred {
         id: InteractionId::parse("ix_fuzz").expect("a valid id"),
         from: AgentId::parse("alice").expect("a valid id"),
-        target,
-        fallback,
-        note: body.note,
+        target: transfer.target,
+        fallback: transfer.fallback,
+        note: transfer.note,
         at: at(),
     });
 }

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use handoff_core::{AgentId, Command, CommandError, Event, InteractionId, Seq, State, Timestamp};
+use handoff_core::{
+    AgentId, Command, CommandError, Event, FastMap, InteractionId, Seq, State, Timestamp,
+};
 use handoff_store::{
     Batch, IdempotencyRecord, KeyRecord, OfferDeadline, Store, StoreError, StoredEvent,
 };
@@ -130,7 +132,7 @@ pub struct Shared {
     live: broadcast::Sender<Arc<LiveEvent>>,
     /// Per agent with an open stream, the committed events for that agent only: a stream
     /// never wakes for another agent's events.
-    agent_feeds: Mutex<HashMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
+    agent_feeds: Mutex<FastMap<String, broadcast::Sender<Arc<LiveEvent>>>>,
     /// Key ids revoked; open streams of those keys close.
     revoked: broadcast::Sender<Arc<Vec<String>>>,
     /// `queue.stats` events: not in the log, no `seq`, never replayed.
@@ -223,7 +225,7 @@ impl Shared {
 
     fn agent_feeds(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<LiveEvent>>>> {
+    ) -> std::sync::MutexGuard<'_, FastMap<String, broadcast::Sender<Arc<LiveEvent>>>> {
         self.agent_feeds
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -251,6 +253,19 @@ impl Shared {
         for event in events {
             let _ = self.live.send(event);
         }
+    }
+
+    /// Readers' side alone, with no engine and no store: for the instruction-count benchmarks
+    /// (`crates/handoff/benches/pop_path.rs`), which fan events out through `publish_live`.
+    #[cfg(feature = "bench-internals")]
+    pub fn detached(state: State, head: u64) -> Arc<Shared> {
+        new_shared(state, head, crate::auth::KeyRing::default())
+    }
+
+    /// `publish_live`, for the instruction-count benchmarks: committed events to the live feeds.
+    #[cfg(feature = "bench-internals")]
+    pub fn publish_committed(&self, events: Vec<Arc<LiveEvent>>) {
+        self.publish_live(events);
     }
 
     /// A follower's step: applies events the writer committed (read from the bus or the
@@ -512,7 +527,7 @@ fn new_shared(state: State, head: u64, keys: crate::auth::KeyRing) -> Arc<Shared
         committed: RwLock::new(state),
         head: AtomicU64::new(head),
         live,
-        agent_feeds: Mutex::new(HashMap::new()),
+        agent_feeds: Mutex::new(FastMap::default()),
         revoked,
         stats,
         pending_acks: Mutex::new(PendingAcks::default()),

@@ -18,13 +18,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.settings.max_body_bytes;
-        let (parts, body) = request.into_parts();
-        require_json_content_type(&parts.headers)?;
-        let bytes = read_limited(&parts.headers, body, limit).await?;
+        let bytes = read_json_body(request, state).await?;
         let value = parse_json::<T>(&bytes)?;
         Ok(JsonBody(value, bytes))
     }
+}
+
+/// A JSON body's bytes, not yet parsed: its content type checked and its size bounded by
+/// `max_body_bytes` (refused before it is buffered whole).
+pub async fn read_json_body(request: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
+    let limit = state.settings.max_body_bytes;
+    let (parts, body) = request.into_parts();
+    require_json_content_type(&parts.headers)?;
+    read_limited(&parts.headers, body, limit).await
 }
 
 /// Action endpoints take no body: anything but an empty one is refused.

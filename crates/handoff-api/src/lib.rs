@@ -15,6 +15,7 @@ pub mod metrics_setup;
 pub mod openapi;
 pub mod pop_url;
 pub mod rate_limit;
+pub mod requests;
 pub mod routes;
 pub mod shutdown;
 pub mod stats_feed;

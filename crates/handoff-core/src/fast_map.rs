@@ -7,10 +7,46 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeSet;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::ops::Index;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastState>;
+
+/// Set once by `fix_hash_seeds`; read when a map is made, never when it hashes.
+static FIXED_SEEDS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every map made from now on hash with the same fixed seeds, in this process and in
+/// every run of it. Only for the instruction-count benchmarks (`crates/handoff/benches`): with
+/// random seeds the probes of a hash table, and so the instructions a lookup takes, change from
+/// run to run. A server must never call it: with seeds anyone can know, keys chosen by a
+/// client could be aimed at one bucket.
+pub fn fix_hash_seeds() {
+    FIXED_SEEDS.store(true, Ordering::Relaxed);
+}
+
+/// The hasher of `FastMap`: foldhash, seeded at random per map unless `fix_hash_seeds` ran.
+#[derive(Clone, Debug)]
+pub struct FastState(foldhash::fast::SeedableRandomState);
+
+impl Default for FastState {
+    fn default() -> Self {
+        FastState(if FIXED_SEEDS.load(Ordering::Relaxed) {
+            foldhash::fast::SeedableRandomState::fixed()
+        } else {
+            foldhash::fast::SeedableRandomState::random()
+        })
+    }
+}
+
+impl BuildHasher for FastState {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    #[inline(always)]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// A hash map for lookups that iterates in key order, for the agents and the queues: a routing
 /// decision looks them up a dozen times, and a B-tree of 10,000 ids costs about fourteen text

@@ -19,7 +19,7 @@ pub use agent::{
 };
 pub use command::{Command, CommandError};
 pub use event::{Event, OfferEndReason, Routing};
-pub use fast_map::FastMap;
+pub use fast_map::{fix_hash_seeds, FastMap, FastState};
 pub use ids::{AgentId, IdError, InteractionId, QueueName, Seq, SkillLevel, Timestamp};
 pub use interaction::{Enrichment, Interaction, InteractionSpec, InteractionState, Target};
 pub use queue::{EscalationStep, QueueConfig, QueueConfigError, Strategy};

@@ -17,6 +17,8 @@ mod sqlite;
 use std::sync::Arc;
 
 pub use postgres::{open_postgres, LeaseGrant, LeaseInfo, PostgresStore};
+#[cfg(feature = "bench-internals")]
+pub use sqlite::InlineGroupCommit;
 pub use sqlite::{SqliteStore, FSYNC_WAL_AUTOCHECKPOINT_PAGES};
 
 /// Position of an event in the log: starts at 1, strictly increasing, never reused.

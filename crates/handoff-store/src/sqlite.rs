@@ -299,26 +299,16 @@ impl SqliteStore {
         durability: Durability,
         wal_restart_pages: i64,
     ) -> Result<Self, StoreError> {
-        create_data_dir(data_dir).map_err(|reason| StoreError::Open {
-            path: data_dir.display().to_string(),
-            reason,
-        })?;
-        // Before the database is touched: a second server must not even migrate it.
-        let dir_lock =
-            crate::dir_lock::DataDirLock::acquire(data_dir).map_err(|reason| StoreError::Open {
-                path: data_dir.display().to_string(),
-                reason,
-            })?;
-        let path = data_dir.join(DB_FILE);
+        let WriteSide {
+            dir_lock,
+            path,
+            conn,
+            head,
+        } = open_write_side(data_dir, durability, wal_restart_pages)?;
         let open_err = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
         };
-
-        let mut conn = open_writer(&path, durability, wal_restart_pages).map_err(open_err)?;
-        migrate(&mut conn).map_err(open_err)?;
-        let head =
-            read_head(&conn).map_err(|e| open_err(format!("cannot read the log head: {e}")))?;
         // Opened now rather than on first read so that a database readers cannot open fails
         // here, where the operator looks, and not on some later request.
         let first_reader = open_reader(&path).map_err(open_err)?;
@@ -653,6 +643,91 @@ impl Store for SqliteStore {
             .collect()
         })
         .await
+    }
+}
+
+/// What the writer needs, opened: the data directory locked, the database's schema up to date.
+struct WriteSide {
+    dir_lock: crate::dir_lock::DataDirLock,
+    path: PathBuf,
+    conn: Connection,
+    head: SeqNumber,
+}
+
+fn open_write_side(
+    data_dir: &Path,
+    durability: Durability,
+    wal_restart_pages: i64,
+) -> Result<WriteSide, StoreError> {
+    create_data_dir(data_dir).map_err(|reason| StoreError::Open {
+        path: data_dir.display().to_string(),
+        reason,
+    })?;
+    // Before the database is touched: a second server must not even migrate it.
+    let dir_lock =
+        crate::dir_lock::DataDirLock::acquire(data_dir).map_err(|reason| StoreError::Open {
+            path: data_dir.display().to_string(),
+            reason,
+        })?;
+    let path = data_dir.join(DB_FILE);
+    let open_err = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut conn = open_writer(&path, durability, wal_restart_pages).map_err(open_err)?;
+    migrate(&mut conn).map_err(open_err)?;
+    let head = read_head(&conn).map_err(|e| open_err(format!("cannot read the log head: {e}")))?;
+    Ok(WriteSide {
+        dir_lock,
+        path,
+        conn,
+        head,
+    })
+}
+
+/// The writer's group commit on the calling thread, with no writer thread and no queue: for
+/// the instruction-count benchmarks (`crates/handoff/benches/pop_path.rs`), since callgrind
+/// counts the thread that runs the measured function, and the store's own writer thread would
+/// take the commit out of the count. It writes exactly as `SqliteStore`'s writer does.
+#[cfg(feature = "bench-internals")]
+pub struct InlineGroupCommit {
+    writer: Writer,
+    _dir_lock: crate::dir_lock::DataDirLock,
+}
+
+#[cfg(feature = "bench-internals")]
+impl InlineGroupCommit {
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let side = open_write_side(data_dir, durability, DEFAULT_WAL_RESTART_PAGES)?;
+        Ok(InlineGroupCommit {
+            writer: Writer {
+                conn: side.conn,
+                gate: Arc::new(Mutex::new(())),
+                head: side.head,
+                shared_head: Arc::new(AtomicU64::new(side.head)),
+            },
+            _dir_lock: side.dir_lock,
+        })
+    }
+
+    /// Writes `batches` as one group (one transaction), as the writer thread writes what it
+    /// found queued; the result of each batch, in order.
+    pub fn write_group(&mut self, batches: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+        let mut answers = Vec::with_capacity(batches.len());
+        let mut group = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let (reply, answer) = oneshot::channel();
+            group.push(Request::Commit {
+                batch: Box::new(batch),
+                reply,
+            });
+            answers.push(answer);
+        }
+        self.writer.write_group(group);
+        answers
+            .into_iter()
+            .map(|mut answer| answer.try_recv().unwrap_or(Err(StoreError::Closed)))
+            .collect()
     }
 }
 

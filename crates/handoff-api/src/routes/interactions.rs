@@ -9,21 +9,19 @@ use super::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use handoff_core::{
-    Command, CommandError, Interaction, InteractionId, InteractionSpec, InteractionState,
-    QueueName, Target,
+    Command, CommandError, Interaction, InteractionId, InteractionState, QueueName, Target,
 };
 use handoff_protocol::{
-    AgentWaitView, CloudEvent, CompleteRequest, CreateInteractionRequest, InteractionList,
-    InteractionView, TransferRequest,
+    AgentWaitView, CloudEvent, CompleteRequest, InteractionList, InteractionView, TransferRequest,
 };
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::{engine_error, interaction_id, json_response, read_empty, read_json};
+use super::{engine_error, interaction_id, json_response, read_empty, read_json, read_json_bytes};
 use crate::auth::{generate_id, Principal, Role};
 use crate::engine::{EngineError, Idempotency};
 use crate::error::ApiError;
-use crate::wire::{canonical_json, interaction_view, now, target_from_wire};
+use crate::requests::{object_depth, NewInteraction, NewTransfer, MAX_CONTEXT_DEPTH};
+use crate::wire::{interaction_view, now};
 use crate::AppState;
 
 /// The interaction as the API shows it: from the committed state, or, once it ended long
@@ -259,101 +257,39 @@ pub async fn create(
             )
         }
     };
-    let (body, _) = read_json::<CreateInteractionRequest>(request, &state).await?;
-    let no_context = serde_json::Map::new();
-    let context = body.context.as_ref().unwrap_or(&no_context);
-    let context_text = serde_json::to_string(context).map_err(ApiError::internal)?;
-    if context_text.len() > state.settings.max_context_bytes {
-        return Err(ApiError::too_large(format!(
-            "context: {} bytes serialized, more than the limit of {}",
-            context_text.len(),
-            state.settings.max_context_bytes
-        ))
-        .with_field("context"));
-    }
-    if object_depth(context) > MAX_CONTEXT_DEPTH {
-        return Err(ApiError::unprocessable(
-            "context_too_deep",
-            format!("context: nested more than {MAX_CONTEXT_DEPTH} levels deep"),
-        )
-        .with_field("context"));
-    }
-    let target = target_from_wire(&body.target, "target")?;
-    let fallback = body
-        .fallback
-        .as_ref()
-        .map(|f| target_from_wire(f, "fallback"))
-        .transpose()?;
-    let max_wait_s = match body.max_wait_s {
-        None => None,
-        Some(seconds) if (0..=crate::wire::MAX_QUEUE_SECONDS).contains(&seconds) => {
-            Some(seconds as u64)
-        }
-        Some(seconds) => {
-            return Err(ApiError::unprocessable(
-                "invalid_field",
-                format!(
-                    "max_wait_s: {seconds} is not from 0 to {}",
-                    crate::wire::MAX_QUEUE_SECONDS
-                ),
-            )
-            .with_field("max_wait_s"))
-        }
-    };
-    let channel = body.channel.clone().unwrap_or_else(|| "voice".to_owned());
-    check_text("caller", body.caller.as_deref())?;
-    check_text("dialed", body.dialed.as_deref())?;
-    check_text("call_id", body.call_id.as_deref())?;
-    check_text("channel", Some(&channel))?;
-    if channel.is_empty() {
-        return Err(
-            ApiError::unprocessable("invalid_channel", "channel: must not be empty")
-                .with_field("channel"),
-        );
-    }
+    let body = read_json_bytes(request, &state).await?;
+    let new = NewInteraction::parse(&body, state.settings.max_context_bytes)?;
     let idempotency = idempotency_key.map(|key| Idempotency {
         key_id: principal.key_id.clone(),
         key,
-        // Equal as parsed JSON: hash the re-serialized request, not the raw bytes.
-        body_sha256: Sha256::digest(canonical_json(
-            &serde_json::to_value(&body).unwrap_or_default(),
-        ))
-        .into(),
+        body_sha256: new.body_sha256(),
     });
     let id = InteractionId::parse(&generate_id("ix_")).map_err(ApiError::internal)?;
     // CRM lookups run beside the rest and are waited for at most `enrich_wait`: routing
     // never waits longer for a CRM.
     let lookups = state.integrations.start_lookups(|| {
-        let context = serde_json::Value::Object(context.clone());
+        let context = serde_json::Value::Object(new.request.context.clone().unwrap_or_default());
         crate::integrations::connectors::lookup_variables(
             crate::integrations::connectors::CallFacts {
                 id: &id,
-                caller: body.caller.as_deref(),
-                dialed: body.dialed.as_deref(),
-                channel: &channel,
-                call_id: body.call_id.as_deref(),
-                priority: body.priority.unwrap_or(0),
+                caller: new.request.caller.as_deref(),
+                dialed: new.request.dialed.as_deref(),
+                channel: &new.channel,
+                call_id: new.request.call_id.as_deref(),
+                priority: new.priority(),
                 context: &context,
-                target: &target,
+                target: &new.target,
             },
         )
     });
     let enrichment = collect_lookups(lookups, state.integrations.enrich_wait()).await;
-    let spec = InteractionSpec {
-        id: id.clone(),
-        caller: body.caller,
-        dialed: body.dialed,
-        channel,
-        call_id: body.call_id,
-        context: context_text,
-        target: target.clone(),
-        fallback: fallback.clone(),
-        priority: body.priority.unwrap_or(0),
-        max_wait_s,
-        enrichment: enrichment.found,
-        created_by: Some(principal.key_id.clone()),
-        created_at: now(),
-    };
+    let (target, fallback) = (new.target.clone(), new.fallback.clone());
+    let spec = new.into_spec(
+        id.clone(),
+        enrichment.found,
+        Some(principal.key_id.clone()),
+        now(),
+    );
     let committed = state
         .engine
         .execute_with(Command::CreateInteraction { spec }, idempotency)
@@ -480,33 +416,6 @@ fn record_enrichment_later(
             record(lookup.connector, outcome).await;
         }
     });
-}
-
-/// How deep a context may nest. The log wraps it two levels deeper, and every reader of the
-/// log (recovery included) must parse it again well inside serde_json's limit of 128.
-const MAX_CONTEXT_DEPTH: usize = 64;
-
-fn object_depth(map: &serde_json::Map<String, serde_json::Value>) -> usize {
-    1 + map.values().map(json_depth).max().unwrap_or(0)
-}
-
-fn json_depth(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Object(map) => object_depth(map),
-        serde_json::Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn check_text(field: &'static str, value: Option<&str>) -> Result<(), ApiError> {
-    if value.is_some_and(|v| crate::wire::longer_than(v, 256)) {
-        return Err(ApiError::unprocessable(
-            "invalid_field",
-            format!("{field}: at most 256 characters"),
-        )
-        .with_field(field));
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -949,23 +858,13 @@ pub async fn transfer(
     let id = interaction_id(&raw_id)?;
     let agent = acting_agent(&state, &principal, &id).await?;
     let (body, _) = read_json::<TransferRequest>(request, &state).await?;
-    let target = target_from_wire(&body.target, "target")?;
-    let fallback = body
-        .fallback
-        .as_ref()
-        .map(|f| target_from_wire(f, "fallback"))
-        .transpose()?;
-    if body.note.as_ref().is_some_and(|n| n.len() > 4096) {
-        return Err(
-            ApiError::unprocessable("invalid_field", "note: at most 4096 bytes").with_field("note"),
-        );
-    }
+    let transfer = NewTransfer::check(body)?;
     let command = Command::Transfer {
         id: id.clone(),
         agent,
-        target,
-        fallback,
-        note: body.note,
+        target: transfer.target,
+        fallback: transfer.fallback,
+        note: transfer.note,
     };
     action(&state, &id, command).await
 }

@@ -177,6 +177,11 @@ async fn read_json<T: DeserializeOwned>(
     Ok((value, bytes))
 }
 
+/// A JSON body's bytes, for a handler that parses them into its request type itself.
+async fn read_json_bytes(request: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
+    crate::json::read_json_body(request, state).await
+}
+
 /// Refuses a body on an action endpoint.
 async fn read_empty(request: Request, state: &AppState) -> Result<(), ApiError> {
     crate::json::EmptyBody::from_request(request, state).await?;
