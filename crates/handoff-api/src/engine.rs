@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 use handoff_core::{
     AgentId, Command, CommandError, Event, FastMap, InteractionId, Seq, State, Timestamp,
 };
-use handoff_store::{
-    Batch, IdempotencyRecord, KeyRecord, OfferDeadline, Store, StoreError, StoredEvent,
-};
+use handoff_store::{Batch, IdempotencyRecord, KeyRecord, Store, StoreError, StoredEvent};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::shutdown::Shutdown;
@@ -818,7 +816,6 @@ impl EngineTask {
         };
         let events = self.working.execute_with_recipients(command, now)?;
         let mut committed = Committed::default();
-        let mut offers_touched: Vec<InteractionId> = Vec::new();
         for (event, agents) in events {
             self.head += 1;
             let seq = Seq::new(self.head);
@@ -838,19 +835,6 @@ impl EngineTask {
                 _ => None,
             };
             let payload = wire::cloud_event_payload(seq.get(), &event, interaction, pop_template);
-            if let Some(id) = event.interaction_id() {
-                if matches!(
-                    event,
-                    Event::InteractionOffered { .. }
-                        | Event::OfferRevoked { .. }
-                        | Event::InteractionAccepted { .. }
-                        | Event::InteractionRejected { .. }
-                        | Event::InteractionAbandoned { .. }
-                ) && !offers_touched.contains(id)
-                {
-                    offers_touched.push(id.clone());
-                }
-            }
             if let Event::AgentCreated { profile, .. } = &event {
                 // A new agent's stream starts after the log's head at its creation.
                 self.working.set_acked(&profile.id, seq);
@@ -874,7 +858,6 @@ impl EngineTask {
             });
             committed.events.push((seq, event));
         }
-        self.stage_deadlines(offers_touched, group);
         if let Some(agent) = deleted_agent {
             group.batch.acks_deleted.push(agent.to_string());
             let mut tokens = self.shared.keys.for_agent(&agent);
@@ -911,37 +894,6 @@ impl EngineTask {
             group.idempotency_added.push(slot);
         }
         Ok(committed)
-    }
-
-    /// Brings the offer-deadline rows of the interactions a command touched in step with the
-    /// working state once the whole command ran: a `ring_all` offer stays open while others of
-    /// the same interaction are rejected or revoked, so no single event can decide the row.
-    /// One row per interaction; the last command of the group wins.
-    fn stage_deadlines(&self, touched: Vec<InteractionId>, group: &mut Group) {
-        for id in touched {
-            let open = self.working.interaction(&id).and_then(|interaction| {
-                let agent = interaction.offered_to.first()?;
-                let expires_at = interaction.offer_expires_at?;
-                Some(OfferDeadline {
-                    interaction_id: id.to_string(),
-                    agent_id: agent.to_string(),
-                    expires_ms: expires_at.millis(),
-                })
-            });
-            let id = id.to_string();
-            group
-                .batch
-                .deadlines_set
-                .retain(|set| set.interaction_id != id);
-            group
-                .batch
-                .deadlines_cleared
-                .retain(|cleared| cleared != &id);
-            match open {
-                Some(deadline) => group.batch.deadlines_set.push(deadline),
-                None => group.batch.deadlines_cleared.push(id),
-            }
-        }
     }
 
     /// Hands the group's batch to the store; its result is taken by `resolve`, in order.

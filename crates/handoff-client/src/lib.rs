@@ -64,6 +64,7 @@
 
 mod client;
 mod error;
+pub mod local;
 mod resilient;
 mod stream;
 #[cfg(test)]

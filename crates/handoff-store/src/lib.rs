@@ -1,6 +1,6 @@
 //! The durable store: an append-only event log plus the few rows that are not events
-//! (API keys, idempotency records, ack cursors, offer deadlines, integrations and their
-//! outbox), behind one `Store` trait.
+//! (API keys, idempotency records, ack cursors, integrations and their outbox), behind one
+//! `Store` trait.
 //!
 //! The store knows nothing of HTTP, JSON or the domain: an event is a `seq`, a type name, a
 //! subject, a time, the agents it is for and an opaque text payload. Every `commit` is one
@@ -9,7 +9,6 @@
 //! Two backends: embedded SQLite (`sqlite.rs`), and PostgreSQL (`postgres.rs`), which also
 //! offers a writer lease with fencing for nodes that share one database.
 
-pub mod conformance;
 mod dir_lock;
 mod postgres;
 mod sqlite;
@@ -110,14 +109,6 @@ pub struct IdempotencyRecord {
     pub created_ms: i64,
 }
 
-/// An open offer's deadline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfferDeadline {
-    pub interaction_id: String,
-    pub agent_id: String,
-    pub expires_ms: i64,
-}
-
 /// An integration's configuration (a webhook, a CRM connector) as the API stored it, by kind
 /// and name; `config` is opaque text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,10 +164,6 @@ pub struct Batch {
     /// the engine, the one writer, writes a record only where it found none still in its
     /// window, so an older record under that key has expired (and may not be purged yet).
     pub idempotency: Vec<IdempotencyRecord>,
-    /// Offer deadlines to insert or replace (keyed by interaction id).
-    pub deadlines_set: Vec<OfferDeadline>,
-    /// Interaction ids whose offer deadline is gone.
-    pub deadlines_cleared: Vec<String>,
     pub keys_added: Vec<KeyRecord>,
     /// Key ids to delete.
     pub keys_revoked: Vec<String>,
@@ -223,7 +210,8 @@ pub enum StoreError {
     Fenced { epoch: i64 },
 }
 
-/// The durable store. Every backend passes `conformance::run_all`.
+/// The durable store. Every backend passes the conformance suite (`tests/conformance/mod.rs`,
+/// `run_all`).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Writes the whole batch in one transaction, durably; concurrent callers may be grouped
@@ -255,7 +243,6 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotency_since(&self, since_ms: i64) -> Result<Vec<IdempotencyRecord>, StoreError>;
     /// Deletes idempotency records created before `before_ms`; returns how many.
     async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError>;
-    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError>;
     /// Every integration, by kind then name.
     async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError>;
     /// Every outbox cursor `(destination, seq)`, by destination.

@@ -61,7 +61,7 @@ use self::readers::{Read, ReadConn, Readers};
 use self::writer::{Entry, Request, WriteConn, Writer};
 use crate::{
     Batch, DeliveryAttempt, Durability, IdempotencyRecord, IntegrationRecord, KeyRecord,
-    OfferDeadline, OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
+    OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
 };
 
 /// Bound on queued writes: beyond it, committers wait, which pushes back on whoever produces
@@ -462,21 +462,6 @@ impl Store for PostgresStore {
         let (reply, answer) = oneshot::channel();
         self.enqueue(Entry::purge(before_ms, reply)).await?;
         answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
-        let what = "reading offer deadlines";
-        self.read(what, Read::OfferDeadlines, &[])
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(OfferDeadline {
-                    interaction_id: column(row, 0, what)?,
-                    agent_id: column(row, 1, what)?,
-                    expires_ms: column(row, 2, what)?,
-                })
-            })
-            .collect()
     }
 
     async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError> {

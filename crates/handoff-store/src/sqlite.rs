@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::{
     Batch, DeliveryAttempt, Durability, IdempotencyRecord, IntegrationRecord, KeyRecord,
-    OfferDeadline, OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
+    OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
 };
 
 /// File name of the database inside the data directory.
@@ -29,7 +29,7 @@ const DB_FILE: &str = "handoff.db";
 
 /// `PRAGMA user_version` of the schema this build writes. A database with a higher version was
 /// written by a newer build and is refused rather than misread.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Bound on queued commits: beyond it, committers wait, which pushes back on whoever produces
 /// events faster than the disk can take them.
@@ -119,12 +119,6 @@ CREATE TABLE idempotency (
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_created_ms ON idempotency (created_ms);
 
-CREATE TABLE offer_deadlines (
-    interaction_id TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-
 CREATE TABLE keys (
     id TEXT PRIMARY KEY,
     role TEXT NOT NULL,
@@ -177,7 +171,9 @@ CREATE INDEX delivery_attempts_destination_id ON delivery_attempts (destination,
 
 /// From schema version 1: each event's agents move into its row (from `event_agents`, by
 /// position), the index that served reading them by seq goes, and the text-keyed tables become
-/// WITHOUT ROWID. One transaction with the version change.
+/// WITHOUT ROWID. One transaction with the later steps and the version change. Version 2 also
+/// rebuilt `offer_deadlines` WITHOUT ROWID; the step to version 4 drops that table, so it is
+/// left as it is here rather than copied for nothing.
 const MIGRATE_1_TO_2: &str = "
 ALTER TABLE events ADD COLUMN agents TEXT NOT NULL DEFAULT '';
 UPDATE events SET agents = (
@@ -193,16 +189,12 @@ CREATE TABLE acks_2 (
 INSERT INTO acks_2 (agent_id, seq) SELECT agent_id, seq FROM acks;
 DROP TABLE acks;
 ALTER TABLE acks_2 RENAME TO acks;
+";
 
-CREATE TABLE offer_deadlines_2 (
-    interaction_id TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
-) WITHOUT ROWID;
-INSERT INTO offer_deadlines_2 (interaction_id, agent_id, expires_ms)
-    SELECT interaction_id, agent_id, expires_ms FROM offer_deadlines;
-DROP TABLE offer_deadlines;
-ALTER TABLE offer_deadlines_2 RENAME TO offer_deadlines;
+/// From schema version 3: `offer_deadlines` (a row per open offer) goes. Nothing read it: an
+/// offer's deadline is in its `interaction.offered` event, which recovery replays.
+const MIGRATE_3_TO_4: &str = "
+DROP TABLE IF EXISTS offer_deadlines;
 ";
 
 /// Between an event's agents in its row. Agent ids never hold it (the API's ids are
@@ -626,24 +618,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
-        self.read("reading offer deadlines", |conn| {
-            conn.prepare_cached(
-                "SELECT interaction_id, agent_id, expires_ms FROM offer_deadlines
-                 ORDER BY expires_ms, interaction_id",
-            )?
-            .query_map([], |row| {
-                Ok(OfferDeadline {
-                    interaction_id: row.get(0)?,
-                    agent_id: row.get(1)?,
-                    expires_ms: row.get(2)?,
-                })
-            })?
-            .collect()
-        })
-        .await
-    }
 }
 
 /// What the writer needs, opened: the data directory locked, the database's schema up to date.
@@ -944,8 +918,8 @@ fn check_seq(batch: &Batch, head: SeqNumber) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes one batch. Fields apply in declaration order, so within one batch a deadline that is
-/// both set and cleared ends cleared, and an agent both acked and deleted ends with no cursor.
+/// Writes one batch. Fields apply in declaration order, so within one batch an agent both acked
+/// and deleted ends with no cursor.
 fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
     if !batch.events.is_empty() {
         let mut event = conn
@@ -1022,30 +996,6 @@ fn apply_batch(conn: &Connection, batch: &Batch) -> Result<(), StoreError> {
                     r.created_ms
                 ])
                 .map_err(fail("writing an idempotency record"))?;
-        }
-    }
-
-    if !batch.deadlines_set.is_empty() {
-        let mut set = conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO offer_deadlines (interaction_id, agent_id, expires_ms)
-                 VALUES (?1, ?2, ?3)",
-            )
-            .map_err(fail("preparing the deadline upsert"))?;
-        for d in &batch.deadlines_set {
-            set.execute(params![d.interaction_id, d.agent_id, d.expires_ms])
-                .map_err(fail("writing an offer deadline"))?;
-        }
-    }
-
-    if !batch.deadlines_cleared.is_empty() {
-        let mut clear = conn
-            .prepare_cached("DELETE FROM offer_deadlines WHERE interaction_id = ?1")
-            .map_err(fail("preparing the deadline delete"))?;
-        for interaction_id in &batch.deadlines_cleared {
-            clear
-                .execute(params![interaction_id])
-                .map_err(fail("clearing an offer deadline"))?;
         }
     }
 
@@ -1494,31 +1444,34 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| format!("cannot record the schema version: {e}"))?;
         }
-        2 => {
-            tracing::info!("store: moving the schema from version 2 to 3 (integration tables)");
-            tx.execute_batch(INTEGRATIONS)
-                .map_err(|e| format!("cannot move the schema from version 2 to 3: {e}"))?;
+        // Each step from the database's version on, all in this one transaction: a crash
+        // halfway leaves the database as it was.
+        1..=3 => {
+            if version == 1 {
+                // It rewrites every event: say so, a large log takes a while.
+                let events: i64 = tx
+                    .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+                    .map_err(|e| format!("cannot count the events to migrate: {e}"))?;
+                tracing::info!(events, "store: moving the schema from version 1 to 2");
+                let started = Instant::now();
+                tx.execute_batch(MIGRATE_1_TO_2)
+                    .map_err(|e| format!("cannot move the schema from version 1 to 2: {e}"))?;
+                tracing::info!(
+                    events,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "store: schema at version 2"
+                );
+            }
+            if version <= 2 {
+                tracing::info!("store: moving the schema from version 2 to 3 (integration tables)");
+                tx.execute_batch(INTEGRATIONS)
+                    .map_err(|e| format!("cannot move the schema from version 2 to 3: {e}"))?;
+            }
+            tracing::info!("store: moving the schema from version 3 to 4 (no offer deadlines)");
+            tx.execute_batch(MIGRATE_3_TO_4)
+                .map_err(|e| format!("cannot move the schema from version 3 to 4: {e}"))?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| format!("cannot record the schema version: {e}"))?;
-        }
-        1 => {
-            // It rewrites every event: say so, a large log takes a while.
-            let events: i64 = tx
-                .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
-                .map_err(|e| format!("cannot count the events to migrate: {e}"))?;
-            tracing::info!(events, "store: moving the schema from version 1 to 2");
-            let started = Instant::now();
-            tx.execute_batch(MIGRATE_1_TO_2)
-                .map_err(|e| format!("cannot move the schema from version 1 to 2: {e}"))?;
-            tx.execute_batch(INTEGRATIONS)
-                .map_err(|e| format!("cannot move the schema from version 2 to 3: {e}"))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| format!("cannot record the schema version: {e}"))?;
-            tracing::info!(
-                events,
-                took_ms = started.elapsed().as_millis() as u64,
-                "store: schema at version 2"
-            );
         }
         SCHEMA_VERSION => {}
         other => {

@@ -6,6 +6,8 @@
 //! `postgres://postgres@127.0.0.1:5432/test`); without it, each test that needs one says it was
 //! skipped and passes. Each store lives in a schema of its own, dropped when the test ends.
 
+mod conformance;
+
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use handoff_store::conformance::{self, Harness};
+use conformance::Harness;
 use handoff_store::{
     open_postgres, Batch, Durability, KeyRecord, PostgresStore, Store, StoreEngine, StoreError,
     StoredEvent,
@@ -278,12 +280,110 @@ async fn a_newer_schema_is_refused_naming_both_versions() {
         Err(StoreError::Open { path, reason }) => {
             assert!(path.contains(&schema), "the error names the schema: {path}");
             assert!(
-                reason.contains("schema version is 7") && reason.contains("understands version 1"),
+                reason.contains("schema version is 7") && reason.contains("understands version 2"),
                 "the error names both versions: {reason}"
             );
         }
         other => panic!("expected StoreError::Open, got {other:?}"),
     }
+}
+
+/// A schema written by a version 1 build, with an open offer's deadline row, opens at version 2
+/// without the `offer_deadlines` table (nothing reads it: an offer's deadline is in its event),
+/// and keeps its log, each agent's stream and the acks; the log goes on from there. Version 1
+/// was this build's tables and `offer_deadlines`, so this build's schema with that table put
+/// back (as version 1 made it), a row in it and its version set to 1 is what a version 1 build
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_schema_drops_its_offer_deadlines_and_keeps_its_events_and_acks() {
+    let Some(url) = postgres_url() else { return };
+    let schemas = Schemas::new(&url);
+    let schema = schemas.make();
+    let written = vec![
+        event(1, &[]),
+        event(2, &["agent-b", "agent-a"]),
+        event(3, &["agent-a"]),
+    ];
+    let store = open(&url, &schema).await;
+    store
+        .commit(Batch {
+            events: written.clone(),
+            acks: vec![("agent-a".into(), 3), ("agent-b".into(), 1)],
+            ..Batch::default()
+        })
+        .await
+        .expect("commit");
+    drop(store);
+    let client = raw_client(&url).await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{schema}\".offer_deadlines (
+                 interaction_id TEXT COLLATE \"C\" PRIMARY KEY,
+                 agent_id TEXT NOT NULL,
+                 expires_ms BIGINT NOT NULL
+             );
+             INSERT INTO \"{schema}\".offer_deadlines VALUES ('int-2', 'agent-b', 5000);
+             UPDATE \"{schema}\".handoff_schema SET version = 1;"
+        ))
+        .await
+        .expect("make the schema a version 1 one");
+
+    let store = open(&url, &schema).await;
+    assert_eq!(
+        store.events_after(0, 10).await.expect("events_after"),
+        written,
+        "every event is kept whole"
+    );
+    let for_a: Vec<u64> = store
+        .agent_events_after("agent-a", 0, 10)
+        .await
+        .expect("agent_events_after")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(for_a, [2, 3], "an agent's stream is kept");
+    let sorted_acks = || async {
+        let mut acks = store.acks().await.expect("acks");
+        acks.sort();
+        acks
+    };
+    assert_eq!(
+        sorted_acks().await,
+        vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 1)],
+        "acks are kept"
+    );
+    store
+        .commit(Batch {
+            events: vec![event(4, &["agent-b"])],
+            acks: vec![("agent-b".into(), 4)],
+            ..Batch::default()
+        })
+        .await
+        .expect("a commit after the migration");
+    assert_eq!(store.head().await.expect("head"), 4);
+    assert_eq!(
+        sorted_acks().await,
+        vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 4)],
+        "an ack moves after the migration"
+    );
+
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT version FROM \"{schema}\".handoff_schema"),
+            &[],
+        )
+        .await
+        .expect("the schema version")
+        .get(0);
+    assert_eq!(version, 2, "the schema is at the new version");
+    let deadlines_table = client
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'offer_deadlines'",
+            &[&schema],
+        )
+        .await
+        .expect("pg_tables");
+    assert!(deadlines_table.is_none(), "the offer deadlines are gone");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -773,4 +873,69 @@ async fn reads_survive_their_connections_being_killed() {
             "a broken read connection is not replaced"
         );
     }
+}
+
+/// A schema at version 1 is not moved to 2 while a node of the older build holds the writer
+/// lease (it would write the dropped table with its next offer): the open fails naming the
+/// holder, and succeeds once the lease has lapsed.
+#[tokio::test]
+async fn a_version_1_schema_is_not_migrated_under_a_live_writer_of_the_older_build() {
+    let Some(url) = postgres_url() else { return };
+    let schemas = Schemas::new(&url);
+    let schema = schemas.make();
+    drop(open(&url, &schema).await);
+    let client = raw_client(&url).await.expect("connect");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{schema}\".offer_deadlines (
+                 interaction_id TEXT COLLATE \"C\" PRIMARY KEY,
+                 agent_id TEXT NOT NULL,
+                 expires_ms BIGINT NOT NULL
+             );
+             UPDATE \"{schema}\".handoff_schema SET version = 1;
+             INSERT INTO \"{schema}\".writer_lease (name, holder, address, epoch, expires_at)
+             VALUES ('writer', 'old-node-7', 'http://127.0.0.1:9', 3,
+                     clock_timestamp() + interval '1 hour');"
+        ))
+        .await
+        .expect("make the schema a version 1 one with a live writer");
+
+    let Err(refused) = open_postgres(&url, &schema, Durability::Fsync).await else {
+        panic!("a live writer of the older build must stop the migration");
+    };
+    let text = refused.to_string();
+    assert!(
+        text.contains("old-node-7") && text.contains("stop the nodes of the older build"),
+        "the error names the holder and what to do: {text}"
+    );
+    let still: i32 = client
+        .query_one(
+            &format!("SELECT version FROM \"{schema}\".handoff_schema"),
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(still, 1, "nothing was migrated");
+
+    client
+        .batch_execute(&format!(
+            "UPDATE \"{schema}\".writer_lease
+             SET expires_at = clock_timestamp() - interval '1 second'"
+        ))
+        .await
+        .expect("the old writer's lease lapses");
+    drop(open(&url, &schema).await);
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT version FROM \"{schema}\".handoff_schema"),
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(
+        version, 2,
+        "moved to version 2 once no older writer holds the lease"
+    );
 }

@@ -1,12 +1,14 @@
 //! Runs the conformance suite against `SqliteStore`, and checks what is particular to SQLite:
-//! how it opens, refuses and closes its data directory.
+//! how it opens, refuses and closes its data directory, and how it migrates an older database.
+
+mod conformance;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use handoff_store::conformance::{self, Harness};
+use conformance::Harness;
 use handoff_store::{
     Batch, Durability, KeyRecord, SqliteStore, Store, StoreEngine, StoreError, StoredEvent,
     FSYNC_WAL_AUTOCHECKPOINT_PAGES,
@@ -159,13 +161,13 @@ fn newer_schema_is_refused() {
     let db = root.path().join("handoff.db");
     rusqlite::Connection::open(&db)
         .unwrap()
-        .pragma_update(None, "user_version", 4)
+        .pragma_update(None, "user_version", 5)
         .unwrap();
 
     match SqliteStore::open(root.path(), Durability::Fsync) {
         Err(StoreError::Open { reason, .. }) => {
             assert!(
-                reason.contains("schema version is 4"),
+                reason.contains("schema version is 5"),
                 "unclear reason: {reason}"
             )
         }
@@ -183,7 +185,7 @@ fn reopening_keeps_the_schema() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .unwrap();
@@ -473,9 +475,10 @@ CREATE TABLE keys (id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, 
 PRAGMA user_version = 1;
 ";
 
-/// A database written by a version 1 build opens with everything it held: each event with its
-/// agents in their order, each agent's stream, the acks and the offer deadlines; and it is then
-/// at version 2, its text-keyed tables WITHOUT ROWID and the by-seq agent index gone.
+/// A database written by a version 1 build opens with everything it still needs: each event
+/// with its agents in their order, each agent's stream, the acks; and it is then at the current
+/// version, its text-keyed tables WITHOUT ROWID, the by-seq agent index and the offer deadlines
+/// (read by nothing) gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_database_opens_with_everything_it_held() {
     let root = tempfile::tempdir().unwrap();
@@ -524,9 +527,6 @@ async fn a_version_1_database_opens_with_everything_it_held() {
         vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 1)],
         "acks are kept"
     );
-    assert_eq!(snapshot.deadlines.len(), 1, "offer deadlines are kept");
-    assert_eq!(snapshot.deadlines[0].interaction_id, "int-1");
-    assert_eq!(snapshot.deadlines[0].expires_ms, 5000);
 
     // The log goes on from where it was.
     commit_one(
@@ -548,7 +548,7 @@ async fn a_version_1_database_opens_with_everything_it_held() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3, "the database is at the new version");
+    assert_eq!(version, 4, "the database is at the new version");
     let sql = |name: &str| -> Option<String> {
         conn.query_row(
             "SELECT sql FROM sqlite_schema WHERE name = ?1",
@@ -562,14 +562,15 @@ async fn a_version_1_database_opens_with_everything_it_held() {
         None,
         "the by-seq index is gone"
     );
-    for table in ["acks", "offer_deadlines", "integrations", "outbox_retries"] {
+    assert_eq!(sql("offer_deadlines"), None, "the offer deadlines are gone");
+    for table in ["acks", "integrations", "outbox_retries"] {
         let text = sql(table).unwrap_or_else(|| panic!("{table} is missing"));
         assert!(text.contains("WITHOUT ROWID"), "{table} is now: {text}");
     }
 }
 
 /// A version 2 database (before integrations) gains the integration and outbox tables on open,
-/// keeps its log, and takes outbox rows at once.
+/// loses its offer deadlines, keeps its log, and takes outbox rows at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_2_database_gains_the_outbox_and_keeps_its_log() {
     let root = tempfile::tempdir().unwrap();
@@ -589,11 +590,15 @@ async fn a_version_2_database_gains_the_outbox_and_keeps_its_log() {
         .await;
     }
     {
-        // What a version 2 build left: no integration tables.
+        // What a version 2 build left: no integration tables, and the offer deadlines.
         let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
         conn.execute_batch(
             "DROP TABLE integrations; DROP TABLE outbox_cursors; DROP TABLE outbox_retries;
-             DROP TABLE delivery_attempts; PRAGMA user_version = 2;",
+             DROP TABLE delivery_attempts;
+             CREATE TABLE offer_deadlines (interaction_id TEXT PRIMARY KEY,
+                 agent_id TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO offer_deadlines VALUES ('int-1', 'agent-a', 5000);
+             PRAGMA user_version = 2;",
         )
         .unwrap();
     }
@@ -613,5 +618,158 @@ async fn a_version_2_database_gains_the_outbox_and_keeps_its_log() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+    assert!(
+        !has_table(&conn, "offer_deadlines"),
+        "the offer deadlines are gone"
+    );
+}
+
+/// Whether the database has a table named `name`.
+fn has_table(conn: &rusqlite::Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        > 0
+}
+
+/// The schema builds at version 3 wrote, kept here as they wrote it.
+const SCHEMA_VERSION_3: &str = "
+CREATE TABLE events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, subject TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, payload TEXT NOT NULL, agents TEXT NOT NULL DEFAULT '');
+CREATE INDEX events_subject_seq ON events (subject, seq);
+CREATE TABLE event_agents (agent_id TEXT NOT NULL, seq INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, seq)) WITHOUT ROWID;
+CREATE TABLE acks (agent_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE idempotency (key_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    body_sha256 BLOB NOT NULL, interaction_id TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idempotency_key)) WITHOUT ROWID;
+CREATE INDEX idempotency_created_ms ON idempotency (created_ms);
+CREATE TABLE offer_deadlines (interaction_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE keys (id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, agent_id TEXT,
+    token_sha256 BLOB NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+CREATE TABLE integrations (kind TEXT NOT NULL, name TEXT NOT NULL, config TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL, PRIMARY KEY (kind, name)) WITHOUT ROWID;
+CREATE TABLE outbox_cursors (destination TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE outbox_retries (destination TEXT NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, next_ms INTEGER NOT NULL, PRIMARY KEY (destination, seq))
+    WITHOUT ROWID;
+CREATE TABLE delivery_attempts (id INTEGER PRIMARY KEY, destination TEXT NOT NULL,
+    seq INTEGER NOT NULL, attempt INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL, status INTEGER, outcome TEXT NOT NULL, detail TEXT,
+    next_ms INTEGER);
+CREATE INDEX delivery_attempts_destination_id ON delivery_attempts (destination, id);
+PRAGMA user_version = 3;
+";
+
+/// A database written by a version 3 build, with an open offer's deadline row, opens at
+/// version 4 without the `offer_deadlines` table (nothing reads it: an offer's deadline is in
+/// its event), and keeps its log, each agent's stream and the acks; the log goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_database_drops_its_offer_deadlines_and_keeps_its_events_and_acks() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(SCHEMA_VERSION_3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (seq, type, subject, time_ms, payload, agents) VALUES
+                 (1, 'interaction.created', 'int-1', 10, '{\"a\":1}', ''),
+                 (2, 'interaction.offered', 'int-1', 20, '{\"a\":2}',
+                     'agent-b' || char(10) || 'agent-a'),
+                 (3, 'agent.state_changed', 'agent-a', 30, '{}', 'agent-a');
+             INSERT INTO event_agents VALUES
+                 ('agent-b', 2, 0), ('agent-a', 2, 1), ('agent-a', 3, 0);
+             INSERT INTO acks VALUES ('agent-a', 3), ('agent-b', 1);
+             INSERT INTO offer_deadlines VALUES ('int-1', 'agent-b', 5000);",
+        )
+        .unwrap();
+    }
+
+    let store = SqliteStore::open(root.path(), Durability::Fsync).expect("opening a v3 database");
+    let event = |seq, event_type: &str, subject: &str, time_ms, payload: &str, agents: &[&str]| {
+        StoredEvent {
+            seq,
+            event_type: event_type.into(),
+            subject: subject.into(),
+            time_ms,
+            agents: agents.iter().map(|a| a.to_string()).collect(),
+            payload: payload.into(),
+        }
+    };
+    assert_eq!(
+        store.events_after(0, 10).await.expect("events_after"),
+        vec![
+            event(1, "interaction.created", "int-1", 10, "{\"a\":1}", &[]),
+            event(
+                2,
+                "interaction.offered",
+                "int-1",
+                20,
+                "{\"a\":2}",
+                &["agent-b", "agent-a"]
+            ),
+            event(3, "agent.state_changed", "agent-a", 30, "{}", &["agent-a"]),
+        ],
+        "every event is kept whole"
+    );
+    let for_a: Vec<u64> = store
+        .agent_events_after("agent-a", 0, 10)
+        .await
+        .expect("agent_events_after")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(for_a, [2, 3], "an agent's stream is kept");
+    let mut acks = store.acks().await.expect("acks");
+    acks.sort();
+    assert_eq!(
+        acks,
+        vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 1)],
+        "acks are kept"
+    );
+
+    // The log goes on from where it was, and acks still move.
+    store
+        .commit(Batch {
+            events: vec![event(
+                4,
+                "interaction.accepted",
+                "int-1",
+                40,
+                "{}",
+                &["agent-b"],
+            )],
+            acks: vec![("agent-b".into(), 4)],
+            ..Batch::default()
+        })
+        .await
+        .expect("a commit after the migration");
+    assert_eq!(store.head().await.expect("head"), 4);
+    let mut acks = store.acks().await.expect("acks");
+    acks.sort();
+    assert_eq!(
+        acks,
+        vec![("agent-a".to_string(), 3), ("agent-b".to_string(), 4)],
+        "an ack moves after the migration"
+    );
+    drop(store);
+
+    let conn = rusqlite::Connection::open(root.path().join("handoff.db")).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4, "the database is at the new version");
+    assert!(
+        !has_table(&conn, "offer_deadlines"),
+        "the offer deadlines are gone"
+    );
+    assert!(
+        has_table(&conn, "integrations"),
+        "the other tables are left alone"
+    );
 }

@@ -19,9 +19,9 @@
 //!   where 50 serve the call's queue and 25 of those are free: the events, the agent chosen.
 //! - `offer_event`: the `interaction.offered` event encoded as the log keeps it and streams
 //!   send it (`wire::cloud_event_payload`), with and without a `pop_url` template to render.
-//! - `sqlite_group_commit`: one group of four engine batches, each with the events, offer
-//!   deadlines and acks of four calls, written in one SQLite transaction as the store's writer
-//!   does (`InlineGroupCommit`, on this thread), into a log of 400 calls.
+//! - `sqlite_group_commit`: one group of four engine batches, each with the events and acks of
+//!   four calls, written in one SQLite transaction as the store's writer does
+//!   (`InlineGroupCommit`, on this thread), into a log of 400 calls.
 //! - `fan_out`: sixteen offers to sixteen of 1,000 agents with an open stream, handed to the
 //!   live feeds (`Shared::publish_committed`) and taken from each receiving agent's feed.
 
@@ -37,7 +37,7 @@ use handoff_core::{
     AgentId, AgentProfile, Capacity, Command, Event, InteractionId, PresenceSource, PresenceStatus,
     QueueConfig, QueueName, Settings, SkillLevel, State, Strategy, Target, Timestamp,
 };
-use handoff_store::{Batch, Durability, InlineGroupCommit, OfferDeadline, StoredEvent};
+use handoff_store::{Batch, Durability, InlineGroupCommit, StoredEvent};
 use iai_callgrind::{library_benchmark, library_benchmark_group, main, LibraryBenchmarkConfig};
 
 /// The allocator the `handoff` binary runs with, so that the counts are the server's.
@@ -210,7 +210,7 @@ fn offer_setup(with_pop_url: bool) -> (State, u64, Event, Option<&'static str>) 
 }
 
 /// What the engine stages for the calls `from..from + count`: their events, encoded, with the
-/// `seq`s after `head`, their offer deadlines, and the acks of the agents offered them.
+/// `seq`s after `head`, and the acks of the agents offered them.
 fn calls_batch(state: &mut State, from: usize, count: usize, head: &mut u64) -> Batch {
     let mut batch = Batch::default();
     for n in from..from + count {
@@ -225,18 +225,7 @@ fn calls_batch(state: &mut State, from: usize, count: usize, head: &mut u64) -> 
                 _ => None,
             };
             let payload = wire::cloud_event_payload(*head, &event, interaction, template);
-            if let Event::InteractionOffered {
-                id,
-                agent,
-                expires_at,
-                ..
-            } = &event
-            {
-                batch.deadlines_set.push(OfferDeadline {
-                    interaction_id: id.to_string(),
-                    agent_id: agent.to_string(),
-                    expires_ms: expires_at.millis(),
-                });
+            if let Event::InteractionOffered { agent, .. } = &event {
                 batch.acks.push((agent.to_string(), *head - 1));
             }
             batch.events.push(StoredEvent {

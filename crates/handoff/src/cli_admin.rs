@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -44,33 +43,10 @@ impl ConnArgs {
     }
 }
 
-/// The token to use: `explicit` (from `--token` or `HANDOFF_TOKEN`) when given, else the local
-/// admin token in `<data dir>/admin.token`, so an admin can use the CLI right after
-/// `handoff serve` on the same machine.
+/// The admin token: `--token`/`HANDOFF_TOKEN`, else the one the server stored in its data
+/// directory (`handoff_client::local::resolve_admin_token`).
 pub fn resolve_token(explicit: Option<String>) -> anyhow::Result<String> {
-    if let Some(token) = explicit {
-        let token = token.trim();
-        if !token.is_empty() {
-            return Ok(token.to_string());
-        }
-    }
-    let data_dir = std::env::var_os("HANDOFF_DATA_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(|| PathBuf::from("./handoff-data"), PathBuf::from);
-    let path = data_dir.join("admin.token");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
-        Ok(_) => bail!(
-            "{} is empty; pass --token or set HANDOFF_TOKEN",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no token: pass --token or set HANDOFF_TOKEN \
-             (on the server's machine, {} is used when present; set HANDOFF_DATA_DIR to find it)",
-            path.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    Ok(handoff_client::local::resolve_admin_token(explicit)?)
 }
 
 /// Manage agents, presence and API keys.

@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::serve::{api_settings, durability, prepare_writer};
-use crate::stop_signal::StopSignal;
+use handoff_client::local::StopSignal;
 
 /// The router requests go to now: a follower's, then a writer's.
 type CurrentRouter = Arc<RwLock<Router>>;

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::local_server::{LocalOptions, LocalServer};
-use crate::stop_signal::StopSignal;
+use handoff_client::local::StopSignal;
 
 const MIN_AGENTS: usize = 3;
 const MAX_AGENTS: usize = 100;

@@ -1,4 +1,5 @@
-//! The `handoff` binary: `serve` runs the server; `agent`, `ivr` and `admin` are clients.
+//! The `handoff` binary: `serve` runs the server; `agent`, `ivr` and `admin` are clients;
+//! `bench` runs the separate `handoff-bench` executable.
 
 mod bench;
 mod cli_admin;
@@ -9,9 +10,9 @@ mod config;
 mod demo;
 mod local_server;
 mod serve;
-mod stop_signal;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -59,7 +60,13 @@ enum Command {
     Admin(cli_admin::AdminArgs),
     /// Open-loop benchmark: agents over WebSocket, IVR posts at a fixed rate, pop latency,
     /// memory and CPU, and optional NATS, JetStream and Redis baselines.
-    Bench(bench::BenchArgs),
+    // Its flags, `--help` included, belong to handoff-bench, which gets them all as they are.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// handoff-bench's arguments (`handoff bench --help` lists them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// A throwaway server with simulated agents and IVR calls, and two agents for you to play.
     Demo(demo::DemoArgs),
 }
@@ -107,7 +114,8 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => cli_agent::run(args).await,
             Command::Ivr(args) => cli_ivr::run(args).await,
             Command::Admin(args) => cli_admin::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            // Returns only if handoff-bench could not be run.
+            Command::Bench { args } => bench::run(args).map(|never| match never {}),
             Command::Demo(args) => {
                 // The server's own logs would drown the demo's narration: warnings only.
                 init_logging("warn");

@@ -12,7 +12,7 @@ use handoff_core::{Command, QueueConfig};
 use handoff_store::{Durability, StoreEngine};
 
 use crate::config::{Config, StoreKind};
-use crate::stop_signal::StopSignal;
+use handoff_client::local::StopSignal;
 
 pub async fn run(config: Config, env: &HashMap<String, String>) -> anyhow::Result<()> {
     // Installed first: a signal during recovery is kept, not lost.

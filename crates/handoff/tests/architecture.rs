@@ -79,6 +79,12 @@ const CRATE_RULES: &[CrateRule] = &[
         never: &["handoff", "handoff-client", "redis", "hdrhistogram", "indicatif"],
         why: "the server's library does not depend on the binary, the client or the bench's tools",
     },
+    CrateRule {
+        name: "handoff",
+        only: None,
+        never: &["handoff-bench", "redis", "hdrhistogram", "indicatif"],
+        why: "the server binary links none of the bench: `handoff bench` runs the handoff-bench executable",
+    },
 ];
 
 /// The names in `[dependencies]` (and `[dependencies.NAME]` tables) of a Cargo.toml.
@@ -175,8 +181,8 @@ const KNOWN_CYCLES: &[&str] = &[
     "handoff-api: uc: csta self sip xmpp",
     "handoff-api: uc::csta: self session",
     "handoff-api: uc::xmpp: client self",
+    "handoff-bench: crate root: baselines self",
     "handoff-store: crate root: postgres self sqlite",
-    "handoff: bench: baselines self",
     "handoff: crate root: cluster_node serve",
 ];
 
@@ -474,14 +480,17 @@ fn matching_brace(tokens: &[String], open: usize) -> usize {
     tokens.len()
 }
 
+/// Names a module re-exports (`pub use error::ApiError`): by the re-exporting module and the
+/// name, the module that defines it.
+type Reexports = BTreeMap<(Vec<String>, String), Vec<String>>;
+
 /// The module a path names, resolved from `from`: the longest prefix that is a module of the
-/// crate. A name re-exported by the crate root (`pub use error::ApiError`) resolves to the
-/// module that defines it.
+/// crate; a name that module re-exports resolves to the module that defines it.
 fn resolve(
     path: &[String],
     from: &[String],
     modules: &BTreeSet<Vec<String>>,
-    root_reexports: &BTreeMap<String, Vec<String>>,
+    reexports: &Reexports,
 ) -> Option<Vec<String>> {
     let (mut base, rest): (Vec<String>, &[String]) = match path.first()?.as_str() {
         "crate" => (Vec::new(), &path[1..]),
@@ -505,16 +514,13 @@ fn resolve(
             (from.to_vec(), path)
         }
     };
-    if base.is_empty() {
-        if let Some(defining) = rest.first().and_then(|name| root_reexports.get(name)) {
-            return Some(defining.clone());
-        }
-    }
     for segment in rest {
         let mut deeper = base.clone();
         deeper.push(segment.clone());
         if modules.contains(&deeper) {
             base = deeper;
+        } else if let Some(defining) = reexports.get(&(base.clone(), segment.clone())) {
+            return Some(defining.clone());
         } else {
             break;
         }
@@ -522,32 +528,32 @@ fn resolve(
     Some(base)
 }
 
-/// Names the crate root re-exports, and the module each comes from.
-fn root_reexports(
-    root_text: &str,
-    modules: &BTreeSet<Vec<String>>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut names = BTreeMap::new();
-    let tokens = tokenize(root_text);
-    for (index, token) in tokens.iter().enumerate() {
-        if token != "use" || index == 0 || tokens[index - 1] != "pub" {
-            continue;
-        }
-        let end = tokens[index..]
-            .iter()
-            .position(|t| t == ";")
-            .map_or(tokens.len(), |n| index + n);
-        let mut paths = Vec::new();
-        expand_use_tree(&tokens[index + 1..end], &[], &mut paths);
-        for path in paths {
-            let Some(name) = path.last().cloned() else {
+/// What each module re-exports with `pub use` (or `pub(crate) use`).
+fn module_reexports(modules: &[SourceModule], known: &BTreeSet<Vec<String>>) -> Reexports {
+    let mut names = Reexports::new();
+    for module in modules {
+        let tokens = tokenize(&module.text);
+        for (index, token) in tokens.iter().enumerate() {
+            let public = index >= 1 && (tokens[index - 1] == "pub" || tokens[index - 1] == ")");
+            if token != "use" || !public {
                 continue;
-            };
-            let Some(module) = resolve(&path, &[], modules, &BTreeMap::new()) else {
-                continue;
-            };
-            if !module.is_empty() {
-                names.insert(name, module);
+            }
+            let end = tokens[index..]
+                .iter()
+                .position(|t| t == ";")
+                .map_or(tokens.len(), |n| index + n);
+            let mut paths = Vec::new();
+            expand_use_tree(&tokens[index + 1..end], &[], &mut paths);
+            for path in paths {
+                let Some(name) = path.last().cloned() else {
+                    continue;
+                };
+                let Some(defining) = resolve(&path, &module.path, known, &Reexports::new()) else {
+                    continue;
+                };
+                if defining != module.path {
+                    names.insert((module.path.clone(), name), defining);
+                }
             }
         }
     }
@@ -557,11 +563,7 @@ fn root_reexports(
 /// The module-to-module edges of a crate, from each file's module to each module it names.
 fn module_edges(modules: &[SourceModule]) -> BTreeSet<(Vec<String>, Vec<String>)> {
     let known: BTreeSet<Vec<String>> = modules.iter().map(|m| m.path.clone()).collect();
-    let reexports = modules
-        .iter()
-        .find(|m| m.path.is_empty())
-        .map(|root| root_reexports(&root.text, &known))
-        .unwrap_or_default();
+    let reexports = module_reexports(modules, &known);
     let mut edges = BTreeSet::new();
     for module in modules {
         for path in named_paths(&module.text) {

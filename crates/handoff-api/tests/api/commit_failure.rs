@@ -12,7 +12,7 @@ use handoff_api::{ApiSettings, Running};
 use handoff_core::{AgentId, AgentProfile, Capacity, Command, PresenceSource, PresenceStatus};
 use handoff_store::{
     Batch, DeliveryAttempt, Durability, IdempotencyRecord, IntegrationRecord, KeyRecord,
-    OfferDeadline, OutboxRetry, SeqNumber, Store, StoreEngine, StoreError, StoredEvent,
+    OutboxRetry, SeqNumber, Store, StoreEngine, StoreError, StoredEvent,
 };
 use tokio::sync::oneshot;
 
@@ -95,9 +95,6 @@ impl Store for FlakyStore {
     }
     async fn purge_idempotency(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.inner.purge_idempotency(before_ms).await
-    }
-    async fn offer_deadlines(&self) -> Result<Vec<OfferDeadline>, StoreError> {
-        self.inner.offer_deadlines().await
     }
     async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError> {
         self.inner.integrations().await

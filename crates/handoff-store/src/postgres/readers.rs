@@ -24,7 +24,6 @@ pub(super) enum Read {
     Keys,
     Acks,
     IdempotencySince,
-    OfferDeadlines,
     Integrations,
     OutboxCursors,
     OutboxRetries,
@@ -32,7 +31,7 @@ pub(super) enum Read {
 }
 
 impl Read {
-    const ALL: [Read; 12] = [
+    const ALL: [Read; 11] = [
         Read::Head,
         Read::EventsAfter,
         Read::AgentEventsAfter,
@@ -40,7 +39,6 @@ impl Read {
         Read::Keys,
         Read::Acks,
         Read::IdempotencySince,
-        Read::OfferDeadlines,
         Read::Integrations,
         Read::OutboxCursors,
         Read::OutboxRetries,
@@ -72,10 +70,6 @@ impl Read {
                 "SELECT key_id, idempotency_key, body_sha256, interaction_id, created_ms
                  FROM idempotency WHERE created_ms >= $1
                  ORDER BY created_ms, key_id, idempotency_key"
-            }
-            Read::OfferDeadlines => {
-                "SELECT interaction_id, agent_id, expires_ms FROM offer_deadlines
-                 ORDER BY expires_ms, interaction_id"
             }
             Read::Integrations => {
                 "SELECT kind, name, config, updated_ms FROM integrations ORDER BY kind, name"

@@ -6,15 +6,15 @@ use super::connect::{describe, quote_ident};
 
 /// The schema version this build writes, kept in `handoff_schema`. A schema with a higher
 /// version was written by a newer build and is refused rather than misread.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// First key of the advisory lock taken while migrating ("hand" in ASCII); the second is the
 /// hash of the schema's name, so that stores in different schemas do not wait for each other.
 const MIGRATION_LOCK_CLASS: i32 = 0x6861_6e64;
 
-/// Version 1, the whole schema. Text keys are `COLLATE "C"`: byte order, as SQLite's keys
-/// sort, whatever the database's locale, and cheaper to compare.
-const SCHEMA_V1: &str = r#"
+/// The whole schema at `SCHEMA_VERSION`, for a new store. Text keys are `COLLATE "C"`: byte
+/// order, as SQLite's keys sort, whatever the database's locale, and cheaper to compare.
+const SCHEMA: &str = r#"
 -- One row: the version of this schema.
 CREATE TABLE handoff_schema (
     singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
@@ -54,12 +54,6 @@ CREATE TABLE idempotency (
     PRIMARY KEY (key_id, idempotency_key)
 );
 CREATE INDEX idempotency_created_ms ON idempotency (created_ms);
-
-CREATE TABLE offer_deadlines (
-    interaction_id TEXT COLLATE "C" PRIMARY KEY,
-    agent_id TEXT NOT NULL,
-    expires_ms BIGINT NOT NULL
-);
 
 CREATE TABLE keys (
     id TEXT COLLATE "C" PRIMARY KEY,
@@ -136,12 +130,21 @@ BEGIN
 END
 $$;
 
-INSERT INTO handoff_schema (version) VALUES (1);
+INSERT INTO handoff_schema (version) VALUES (2);
 "#;
 
-/// Creates the schema (and the PostgreSQL schema around it) when missing and refuses one
-/// written by a newer build, in one transaction under an advisory lock, so that processes
-/// opening the same store at once do not both create it. `client`'s search_path is the schema.
+/// From version 1, which was `SCHEMA` and `offer_deadlines` (a row per open offer): that table
+/// goes. Nothing read it: an offer's deadline is in its `interaction.offered` event, which
+/// recovery replays.
+const MIGRATE_1_TO_2: &str = "
+DROP TABLE IF EXISTS offer_deadlines;
+UPDATE handoff_schema SET version = 2;
+";
+
+/// Creates the schema (and the PostgreSQL schema around it) when missing, brings an older one
+/// up to date and refuses one written by a newer build, in one transaction under an advisory
+/// lock, so that processes opening the same store at once do not both create or migrate it.
+/// `client`'s search_path is the schema.
 pub(super) async fn migrate(client: &Client, schema: &str) -> Result<(), String> {
     client
         .batch_execute("BEGIN")
@@ -198,9 +201,42 @@ async fn migrate_in_transaction(client: &Client, schema: &str) -> Result<(), Str
         0 => {
             tracing::info!(schema, "store: creating the PostgreSQL schema");
             client
-                .batch_execute(SCHEMA_V1)
+                .batch_execute(SCHEMA)
                 .await
                 .map_err(|e| format!("cannot create the tables: {}", describe(&e)))
+        }
+        1 => {
+            // A writer of a build from before version 2 writes `offer_deadlines` with every
+            // offer: dropped under it, each of its commits would fail. It can only be running
+            // while it holds the lease, and none of this build holds it yet (this build's first
+            // open migrates), so a live lease means: stop that build first.
+            let holder: Option<String> = client
+                .query_opt(
+                    "SELECT holder FROM writer_lease
+                     WHERE name = 'writer' AND expires_at > clock_timestamp()",
+                    &[],
+                )
+                .await
+                .map_err(|e| format!("cannot read the writer lease: {}", describe(&e)))?
+                .map(|row| row.get(0));
+            if let Some(holder) = holder {
+                return Err(format!(
+                    "its schema is at version 1 and {holder}, a node of an older build, holds \
+                     the writer lease: stop the nodes of the older build, then start this one \
+                     (it moves the schema to version 2, which they cannot write; \
+                     docs/deployment.md, upgrades)"
+                ));
+            }
+            tracing::info!(
+                schema,
+                "store: moving the PostgreSQL schema from version 1 to 2"
+            );
+            client.batch_execute(MIGRATE_1_TO_2).await.map_err(|e| {
+                format!(
+                    "cannot move the schema from version 1 to 2: {}",
+                    describe(&e)
+                )
+            })
         }
         SCHEMA_VERSION => Ok(()),
         other => Err(format!(

@@ -34,8 +34,6 @@ pub(super) enum Op {
     Events,
     Acks,
     Idempotency,
-    DeadlinesSet,
-    DeadlinesCleared,
     KeysAdded,
     KeysRevoked,
     AcksDeleted,
@@ -51,7 +49,7 @@ pub(super) enum Op {
 }
 
 impl Op {
-    pub(super) const ALL: [Op; 25] = [
+    pub(super) const ALL: [Op; 23] = [
         Op::Begin,
         Op::Commit,
         Op::Rollback,
@@ -63,8 +61,6 @@ impl Op {
         Op::Events,
         Op::Acks,
         Op::Idempotency,
-        Op::DeadlinesSet,
-        Op::DeadlinesCleared,
         Op::KeysAdded,
         Op::KeysRevoked,
         Op::AcksDeleted,
@@ -123,18 +119,6 @@ impl Op {
                      body_sha256 = excluded.body_sha256,
                      interaction_id = excluded.interaction_id,
                      created_ms = excluded.created_ms"
-            }
-            Op::DeadlinesSet => {
-                "INSERT INTO offer_deadlines (interaction_id, agent_id, expires_ms)
-                 SELECT DISTINCT ON (u.interaction_id) u.interaction_id, u.agent_id, u.expires_ms
-                 FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY
-                     AS u(interaction_id, agent_id, expires_ms, n)
-                 ORDER BY u.interaction_id, u.n DESC
-                 ON CONFLICT (interaction_id) DO UPDATE
-                     SET agent_id = excluded.agent_id, expires_ms = excluded.expires_ms"
-            }
-            Op::DeadlinesCleared => {
-                "DELETE FROM offer_deadlines WHERE interaction_id = ANY($1::text[])"
             }
             Op::KeysAdded => {
                 "INSERT INTO keys (id, role, name, agent_id, token_sha256, created_ms)
@@ -228,8 +212,6 @@ impl Op {
             Op::Events => "writing the events",
             Op::Acks => "writing the acks",
             Op::Idempotency => "writing the idempotency records",
-            Op::DeadlinesSet => "writing the offer deadlines",
-            Op::DeadlinesCleared => "clearing offer deadlines",
             Op::KeysAdded => "adding keys",
             Op::KeysRevoked => "revoking keys",
             Op::AcksDeleted => "deleting acks",
@@ -247,8 +229,8 @@ impl Op {
 }
 
 /// The statements that write `batch`, one per field it uses, in the order of `Batch`'s fields
-/// (so within one batch a deadline both set and cleared ends cleared, and an agent both acked
-/// and deleted ends with no cursor), each with its columns as arrays.
+/// (so within one batch an agent both acked and deleted ends with no cursor), each with its
+/// columns as arrays.
 pub(super) fn batch_writes(batch: Batch) -> Result<Vec<Write>, StoreError> {
     let mut writes = Vec::new();
     let mut add = |op: Op, params: Vec<Param>| writes.push(Write { op, params });
@@ -313,26 +295,6 @@ pub(super) fn batch_writes(batch: Batch) -> Result<Vec<Write>, StoreError> {
                 Box::new(interactions),
                 Box::new(created),
             ],
-        );
-    }
-
-    if !batch.deadlines_set.is_empty() {
-        let expires: Vec<i64> = batch.deadlines_set.iter().map(|d| d.expires_ms).collect();
-        let (ids, agents): (Vec<String>, Vec<String>) = batch
-            .deadlines_set
-            .into_iter()
-            .map(|d| (d.interaction_id, d.agent_id))
-            .unzip();
-        add(
-            Op::DeadlinesSet,
-            vec![Box::new(ids), Box::new(agents), Box::new(expires)],
-        );
-    }
-
-    if !batch.deadlines_cleared.is_empty() {
-        add(
-            Op::DeadlinesCleared,
-            vec![Box::new(batch.deadlines_cleared)],
         );
     }
 

@@ -1,12 +1,14 @@
 //! The server under test as a separate process, and what `/proc` says about a process.
 //!
-//! `ServerProcess::start` runs this same executable's `serve` on a throwaway data directory,
-//! on a free loopback port, with the settings the bench needs given as `HANDOFF_*` variables
+//! `binary` finds the `handoff` executable to run: `--server-bin`, else `HANDOFF_SERVER_BIN`
+//! (which `handoff bench` sets to itself, so that the bench measures the server it came with),
+//! else `handoff` next to this executable, where cargo puts both.
+//! `ServerProcess::start` runs its `serve` on a throwaway data directory, on a free loopback port, with the settings the bench needs given as `HANDOFF_*` variables
 //! (every other `HANDOFF_*` variable of the bench's environment is removed). The port is read
 //! from the line `serve` prints on its standard output. The process is killed when the value is
 //! dropped, on any path out of the bench, Ctrl-C included; `stop` ends it with SIGTERM first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,8 +20,43 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits after SIGTERM before it kills.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The `handoff` binary that `serve`s: `explicit` (`--server-bin` or `HANDOFF_SERVER_BIN`), else
+/// `handoff` next to this executable. An error that says how to get one when it is not there.
+pub fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    // An empty HANDOFF_SERVER_BIN names nothing; it does not mean the current directory.
+    if let Some(path) = explicit.filter(|path| !path.as_os_str().is_empty()) {
+        if !path.is_file() {
+            bail!(
+                "the server binary {} (--server-bin or HANDOFF_SERVER_BIN) does not exist",
+                path.display()
+            );
+        }
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("{} has no directory", exe.display()))?;
+    beside(dir)
+}
+
+fn beside(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("handoff{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        bail!(
+            "no handoff server binary at {}: the bench runs `handoff serve`; build it with \
+             `cargo build --release -p handoff` (cargo puts it next to handoff-bench), or name \
+             one with --server-bin or HANDOFF_SERVER_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// How the bench's server is set up.
-pub struct ServerOptions {
+pub struct ServerOptions<'a> {
+    /// The `handoff` executable.
+    pub bin: &'a Path,
     /// `fsync` or `os`.
     pub durability: &'static str,
     /// Offer timeout of agent targets, in seconds; the bench's queues set their own.
@@ -37,8 +74,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    pub async fn start(options: &ServerOptions) -> anyhow::Result<ServerProcess> {
-        let exe = std::env::current_exe().context("cannot find this executable to run `serve`")?;
+    pub async fn start(options: &ServerOptions<'_>) -> anyhow::Result<ServerProcess> {
+        let exe = options.bin;
         let dir = tempfile::Builder::new()
             .prefix("handoff-bench-")
             .tempdir()
@@ -48,7 +85,7 @@ impl ServerProcess {
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let admin = handoff_api::auth::generate_token();
-        let mut command = tokio::process::Command::new(&exe);
+        let mut command = tokio::process::Command::new(exe);
         command.arg("serve");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("HANDOFF_") {
@@ -251,6 +288,25 @@ pub fn raise_open_files_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_binary_is_the_one_named_else_handoff_beside_the_bench() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        let error = binary(Some(&missing)).unwrap_err().to_string();
+        assert!(error.contains("nowhere"), "{error}");
+        let error = beside(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("cargo build --release -p handoff`"),
+            "{error}"
+        );
+        let handoff = dir
+            .path()
+            .join(format!("handoff{}", std::env::consts::EXE_SUFFIX));
+        std::fs::write(&handoff, "").unwrap();
+        assert_eq!(beside(dir.path()).unwrap(), handoff);
+        assert_eq!(binary(Some(&handoff)).unwrap(), handoff);
+    }
 
     #[test]
     fn cpu_seconds_reads_utime_and_stime_after_a_name_with_spaces() {

@@ -1,17 +1,19 @@
 //! The conformance suite: what every `Store` backend must do, as async cases that a backend's
-//! own tests run through a `Harness` (`run_all`, or one case at a time).
+//! own tests run through a `Harness` (`run_all`, or one case at a time). A module of the
+//! store's integration tests (`mod conformance;` in `conformance_sqlite.rs` and
+//! `conformance_postgres.rs`), not of the library: only tests use it.
 //!
 //! The cases panic with a message on the first difference, like any test. They spawn tasks, so
 //! run them on a multi-threaded tokio runtime. Reads whose order the trait leaves open (keys,
-//! acks, idempotency records, deadlines) are sorted before comparing.
+//! acks, idempotency records) are sorted before comparing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{
-    Batch, DeliveryAttempt, IdempotencyRecord, IntegrationRecord, KeyRecord, OfferDeadline,
-    OutboxRetry, SeqNumber, Store, StoreError, StoredEvent,
+use handoff_store::{
+    Batch, DeliveryAttempt, IdempotencyRecord, IntegrationRecord, KeyRecord, OutboxRetry,
+    SeqNumber, Store, StoreError, StoredEvent,
 };
 
 /// Opens stores for the cases.
@@ -42,7 +44,6 @@ pub async fn run_all(h: &dyn Harness) {
         refused_batch_writes_nothing,
         acks_monotonic,
         idempotency_records,
-        offer_deadlines,
         keys,
         survives_reopen,
         concurrent_commits,
@@ -368,7 +369,6 @@ pub async fn refused_batch_writes_nothing(h: &dyn Harness) {
         events: vec![event(1, "int-1", &["agent-a"], "one")],
         acks: vec![("agent-a".into(), 1)],
         idempotency: vec![idempotency("key-1", "idem-1", 1_000, 1)],
-        deadlines_set: vec![deadline("int-1", "agent-a", 5_000)],
         keys_added: vec![key("key-1", "admin", None, 1)],
         ..Batch::default()
     };
@@ -383,8 +383,6 @@ pub async fn refused_batch_writes_nothing(h: &dyn Harness) {
         ],
         acks: vec![("agent-b".into(), 2), ("agent-z".into(), 5)],
         idempotency: vec![idempotency("key-1", "idem-2", 2_000, 2)],
-        deadlines_set: vec![deadline("int-2", "agent-b", 6_000)],
-        deadlines_cleared: vec!["int-1".into()],
         keys_added: vec![key("key-2", "agent", Some("agent-b"), 2)],
         keys_revoked: vec!["key-1".into()],
         acks_deleted: vec!["agent-a".into()],
@@ -432,11 +430,6 @@ pub async fn refused_batch_writes_nothing(h: &dyn Harness) {
             idempotency("key-1", "idem-2", 2_000, 2)
         ],
         "the batch's idempotency record is written"
-    );
-    assert_eq!(
-        after.deadlines,
-        vec![deadline("int-2", "agent-b", 6_000)],
-        "the batch's deadline is set and the cleared one gone"
     );
     assert_eq!(
         after.keys,
@@ -587,59 +580,6 @@ pub async fn idempotency_records(h: &dyn Harness) {
     );
 }
 
-/// Offer deadlines are set, replaced by interaction id, and cleared.
-pub async fn offer_deadlines(h: &dyn Harness) {
-    let s = h.fresh().await;
-    let set = |ds: &[OfferDeadline]| Batch {
-        deadlines_set: ds.to_vec(),
-        ..Batch::default()
-    };
-    let clear = |ids: &[&str]| Batch {
-        deadlines_cleared: ids.iter().map(|id| id.to_string()).collect(),
-        ..Batch::default()
-    };
-
-    commit(
-        &*s,
-        set(&[
-            deadline("int-1", "agent-a", 100),
-            deadline("int-2", "agent-b", 200),
-        ]),
-        "two deadlines",
-    )
-    .await;
-    assert_eq!(
-        sorted_deadlines(&*s).await,
-        vec![
-            deadline("int-1", "agent-a", 100),
-            deadline("int-2", "agent-b", 200)
-        ],
-        "two deadlines"
-    );
-    commit(
-        &*s,
-        set(&[deadline("int-1", "agent-c", 150)]),
-        "a replacing deadline",
-    )
-    .await;
-    assert_eq!(
-        sorted_deadlines(&*s).await,
-        vec![
-            deadline("int-1", "agent-c", 150),
-            deadline("int-2", "agent-b", 200)
-        ],
-        "a deadline for the same interaction replaces the old one"
-    );
-    commit(&*s, clear(&["int-2", "int-9"]), "clearing deadlines").await;
-    assert_eq!(
-        sorted_deadlines(&*s).await,
-        vec![deadline("int-1", "agent-c", 150)],
-        "a cleared deadline is gone; clearing an unknown one is no error"
-    );
-    commit(&*s, clear(&["int-1"]), "clearing the last deadline").await;
-    assert!(sorted_deadlines(&*s).await.is_empty(), "no deadlines left");
-}
-
 /// Keys are added, listed and revoked.
 pub async fn keys(h: &dyn Harness) {
     let s = h.fresh().await;
@@ -698,10 +638,6 @@ pub async fn survives_reopen(h: &dyn Harness) {
             idempotency("key-1", "idem-1", 1_000, 1),
             idempotency("key-1", "idem-2", 2_000, 2),
         ],
-        deadlines_set: vec![
-            deadline("int-1", "agent-a", 10),
-            deadline("int-2", "agent-b", 20),
-        ],
         keys_added: vec![
             key("key-1", "admin", None, 1),
             key("key-2", "agent", Some("agent-a"), 2),
@@ -711,7 +647,6 @@ pub async fn survives_reopen(h: &dyn Harness) {
     let second = Batch {
         events: vec![event(4, "int-2", &["agent-a"], "four")],
         acks: vec![("agent-a".into(), 4)],
-        deadlines_cleared: vec!["int-1".into()],
         keys_revoked: vec!["key-1".into()],
         ..Batch::default()
     };
@@ -973,7 +908,6 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
         events: vec![event(2, "int-2", &["agent-b"], "two")],
         acks: vec![(format!("failed-{t:02}"), 1)],
         idempotency: vec![idempotency("key-1", "idem-1", 2_000, 2)],
-        deadlines_set: vec![deadline("int-2", "agent-b", 6_000)],
         keys_added: vec![key("key-taken", "ivr", None, 2)],
         ..Batch::default()
     };
@@ -1038,10 +972,6 @@ pub async fn failing_batch_is_undone_alone_or_grouped(h: &dyn Harness) {
     assert_eq!(
         after.idempotency, before.idempotency,
         "no failed batch's record"
-    );
-    assert_eq!(
-        after.deadlines, before.deadlines,
-        "no failed batch's deadline"
     );
 
     let next = event(2, "int-2", &["agent-b"], "two");
@@ -1168,7 +1098,6 @@ pub struct Snapshot {
     pub keys: Vec<KeyRecord>,
     pub acks: Vec<(String, SeqNumber)>,
     pub idempotency: Vec<IdempotencyRecord>,
-    pub deadlines: Vec<OfferDeadline>,
     pub integrations: Vec<IntegrationRecord>,
     pub outbox_cursors: Vec<(String, SeqNumber)>,
     /// Of the destinations the cases use, `OUTBOX_A` then `OUTBOX_B`.
@@ -1188,7 +1117,6 @@ pub async fn snapshot(s: &dyn Store) -> Snapshot {
         keys: sorted_keys(s).await,
         acks: sorted_acks(s).await,
         idempotency: sorted_idempotency(s, i64::MIN).await,
-        deadlines: sorted_deadlines(s).await,
         integrations: s.integrations().await.expect("integrations"),
         outbox_cursors: s.outbox_cursors().await.expect("outbox_cursors"),
         outbox_retries: {
@@ -1236,12 +1164,6 @@ async fn sorted_idempotency(s: &dyn Store, since_ms: i64) -> Vec<IdempotencyReco
         ))
     });
     records
-}
-
-async fn sorted_deadlines(s: &dyn Store) -> Vec<OfferDeadline> {
-    let mut deadlines = s.offer_deadlines().await.expect("offer_deadlines");
-    deadlines.sort_by(|a, b| a.interaction_id.cmp(&b.interaction_id));
-    deadlines
 }
 
 /// Checks the log written by `tasks` tasks of `per_task` events each, whose event `i` of task
@@ -1354,14 +1276,6 @@ fn idempotency(key_id: &str, idempotency_key: &str, created_ms: i64, n: u8) -> I
         body_sha256: [n; 32],
         interaction_id: format!("int-{n}"),
         created_ms,
-    }
-}
-
-fn deadline(interaction_id: &str, agent_id: &str, expires_ms: i64) -> OfferDeadline {
-    OfferDeadline {
-        interaction_id: interaction_id.into(),
-        agent_id: agent_id.into(),
-        expires_ms,
     }
 }
 

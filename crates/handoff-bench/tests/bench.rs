@@ -1,9 +1,18 @@
-//! `handoff bench` end to end against the real binary, so the benchmark cannot rot: a short
+//! `handoff bench` end to end against the real binaries, so the benchmark cannot rot: a short
 //! clean run must report every pop and nothing lost, duplicated or failed; a run whose agent
 //! drops one pop (the hidden test-only switch) must report it lost and exit non-zero. Speed is
 //! not asserted here: figures live in docs/benchmarks.md, correctness in the tests.
+//!
+//! Each run goes the way a user's does: `handoff bench`, which runs this package's
+//! `handoff-bench`, which starts that `handoff`'s `serve`. Cargo builds only this package's
+//! binaries for these tests; `handoff` is the one next to `handoff-bench` in the target
+//! directory, which `cargo test --workspace` builds (and rebuilds) before any test runs. With
+//! `cargo test -p handoff-bench` alone it may be missing, and the tests then fail saying how to
+//! build it; it may also be older than the server's source.
 
+use std::ffi::OsStr;
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,15 +21,42 @@ use serde_json::Value;
 /// A 2 s run plus start-up, set-up and the 10 s wait for missing pops, on a slow debug build.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
-/// Runs the binary with `args`, killing it past `RUN_LIMIT`. The baselines' variables are
+const BENCH: &str = env!("CARGO_BIN_EXE_handoff-bench");
+
+/// The `handoff` binary beside this package's `handoff-bench`; a failure naming the command that
+/// builds it when it is not there, so that a missing server never passes for a skipped test.
+fn handoff() -> PathBuf {
+    let path =
+        PathBuf::from(BENCH).with_file_name(format!("handoff{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "no {}: these tests run `handoff bench` and the server it starts; build it with \
+         `cargo build -p handoff`, or run `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// `handoff bench ARGS` that runs this package's `handoff-bench`.
+fn handoff_bench<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> Command {
+    let mut command = Command::new(handoff());
+    command
+        .arg("bench")
+        .args(args)
+        .env("HANDOFF_BENCH_BIN", BENCH)
+        .env_remove("HANDOFF_SERVER_BIN");
+    command
+}
+
+/// Runs `handoff bench` with `args`, killing it past `RUN_LIMIT`. The baselines' variables are
 /// passed on only when `baselines` says so.
 fn run_bench(args: &[&str]) -> Output {
     run_bench_with(args, false)
 }
 
 fn run_bench_with(args: &[&str], baselines: bool) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_handoff"));
-    command.arg("bench").args(args).env_remove("HANDOFF_TOKEN");
+    let mut command = handoff_bench(args);
+    command.env_remove("HANDOFF_TOKEN");
     if !baselines {
         command
             .env_remove("HANDOFF_BENCH_NATS_SERVER")
@@ -219,5 +255,98 @@ fn baselines_deliver_every_message_when_their_servers_are_there() {
             baseline["handoff_p99_ratio"].as_f64().is_some(),
             "{report:#}"
         );
+    }
+}
+
+/// `handoff bench` is handoff-bench under the server binary's name: every argument (`--help`
+/// too) goes through untouched, handoff-bench's exit code comes back, handoff-bench is told to
+/// run this very server binary whatever the environment says, and its usage lines still say
+/// `handoff bench`. A handoff-bench that is not there is an error that says how to build it.
+#[cfg(unix)]
+#[test]
+fn handoff_bench_forwards_to_handoff_bench_and_names_the_build_when_it_is_missing() {
+    let handoff = handoff();
+    // A stand-in for handoff-bench that shows what it was given.
+    let output = Command::new(&handoff)
+        .args([
+            "bench",
+            "-c",
+            r#"printf '%s\n' "$HANDOFF_SERVER_BIN" "$@"; exit 7"#,
+        ])
+        .args(["sh", "--help", "-h", "--agents", "5"])
+        .env("HANDOFF_BENCH_BIN", "/bin/sh")
+        .env("HANDOFF_SERVER_BIN", "/some/other/handoff")
+        .output()
+        .expect("the handoff binary starts");
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let canonical = handoff.canonicalize().expect("the handoff binary's path");
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(
+        PathBuf::from(lines[0]).canonicalize().ok(),
+        Some(canonical),
+        "{stdout}"
+    );
+    assert_eq!(lines[1..], ["--help", "-h", "--agents", "5"], "{stdout}");
+
+    // The real one.
+    let help = handoff_bench(["--help"])
+        .output()
+        .expect("handoff bench --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{help:?}");
+    assert!(text.contains("Usage: handoff bench [OPTIONS]"), "{text}");
+    assert!(text.contains("--agents <AGENTS>"), "{text}");
+    assert!(text.contains("--server-bin <PATH>"), "{text}");
+    let wrong = handoff_bench(["--no-such-flag"])
+        .output()
+        .expect("handoff bench --no-such-flag");
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{text}");
+    assert!(text.contains("Usage: handoff bench [OPTIONS]"), "{text}");
+
+    let missing = Command::new(&handoff)
+        .args(["bench", "--agents", "1"])
+        .env("HANDOFF_BENCH_BIN", "/nonexistent/handoff-bench")
+        .output()
+        .expect("the handoff binary starts");
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{text}");
+    assert!(text.contains("/nonexistent/handoff-bench"), "{text}");
+    assert!(
+        text.contains("cargo build --release -p handoff-bench"),
+        "{text}"
+    );
+}
+
+/// handoff-bench on its own runs the server binary it is given, and says how to build one when
+/// it is not there, before it starts anything.
+#[test]
+fn a_missing_server_binary_is_named_before_anything_starts() {
+    for (flag, env) in [(true, false), (false, true)] {
+        let mut command = Command::new(BENCH);
+        command.args([
+            "--agents",
+            "1",
+            "--queues",
+            "1",
+            "--rate",
+            "1",
+            "--duration",
+            "1",
+        ]);
+        command.env_remove("HANDOFF_SERVER_BIN");
+        if flag {
+            command.args(["--server-bin", "/nonexistent/handoff"]);
+        }
+        if env {
+            command.env("HANDOFF_SERVER_BIN", "/nonexistent/handoff");
+        }
+        let output = command.output().expect("handoff-bench starts");
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{text}");
+        assert!(text.contains("/nonexistent/handoff"), "{text}");
+        assert!(text.contains("does not exist"), "{text}");
     }
 }

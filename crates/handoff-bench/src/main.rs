@@ -1,4 +1,5 @@
-//! `handoff bench`: an open-loop load generator with simulated agents, and baselines.
+//! `handoff-bench`, run as `handoff bench`: an open-loop load generator with simulated agents,
+//! and baselines.
 //!
 //! It starts `handoff serve` as a separate process on a throwaway data directory (or targets
 //! `--url`), connects `--agents` agents over WebSocket, all available, spread over `--queues`
@@ -9,11 +10,16 @@
 //! interaction from `/proc`. With `--baselines` the same pops at the same rate go through
 //! NATS, NATS JetStream and Redis, and the table shows handoff's p99 over each one's.
 //!
+//! An executable of its own, so that the server links none of what only the bench needs;
+//! `handoff bench` runs it (crates/handoff/src/bench.rs), and it runs the `handoff` binary it is
+//! given or finds for the server (`server::binary`).
+//!
 //! - `open_loop.rs`: the scheduler, the HDR histograms and the pop book-keeping, shared by all.
 //! - `server.rs`: the server process and `/proc` readings.
 //! - `agents.rs`: set-up over the admin API and the simulated agents.
 //! - `baselines.rs`: NATS core, JetStream and Redis pub/sub through the same scheduler.
 //! - `report.rs`: the table and the JSON object. `progress.rs`: the progress bar.
+//! - Ctrl-C and SIGTERM, and the admin token rule, come from `handoff_client::local`, as the CLI has them.
 
 mod agents;
 mod baselines;
@@ -23,12 +29,13 @@ mod report;
 mod server;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -56,7 +63,57 @@ const STREAMS_CLOSE: Duration = Duration::from_secs(5);
 /// The first request is due this long after the load phase starts, to let the clock settle.
 const LEAD_IN: Duration = Duration::from_millis(200);
 
-/// Open-loop load test: agents over WebSocket, IVR posts at a fixed rate, pop latency, costs.
+/// mimalloc, as in the `handoff` binary, whose process the bench ran in before it had a crate of
+/// its own: the load generator's own allocation pauses, which show in the latencies it records,
+/// stay as they were, so its figures compare with the earlier ones.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Open-loop benchmark: agents over WebSocket, IVR posts at a fixed rate, pop latency,
+/// memory and CPU, and optional NATS, JetStream and Redis baselines.
+// The same text as `handoff --help` gives `bench`, so `handoff bench --help` reads as it did.
+#[derive(Parser)]
+#[command(name = "handoff-bench")]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    turn_off_transparent_huge_pages();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Takes this process out of transparent huge pages, as `handoff` does for itself
+/// (docs/benchmarks.md): the kernel zeroing a 2 MiB page inside an allocation stalls the thread,
+/// and a stall of the load generator is recorded as latency. The bench ran so inside `handoff`
+/// before it had a crate of its own. A refusal (an old kernel) is not an error.
+fn turn_off_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integers only and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// The bench's flags, the same as when it was a subcommand of `handoff`.
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Simulated agents, each with its own WebSocket stream (at most 10,000).
@@ -86,6 +143,11 @@ pub struct BenchArgs {
     /// With --url: the server's process id, to read its memory and CPU from /proc.
     #[arg(long, requires = "url")]
     pub server_pid: Option<u32>,
+    /// The `handoff` binary whose `serve` the bench starts, without --url (default:
+    /// HANDOFF_SERVER_BIN, which `handoff bench` sets to itself, else `handoff` next to this
+    /// executable).
+    #[arg(long, env = "HANDOFF_SERVER_BIN", value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
     /// Also measure every baseline (NATS core, JetStream, Redis) in the same run.
     #[arg(long)]
     pub baselines: bool,
@@ -203,8 +265,21 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     })
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Where the server under test comes from.
+enum Source {
+    /// `--url`: a server already running.
+    Url(String),
+    /// A `handoff` binary to run `serve` from, once per run.
+    Binary(PathBuf),
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut plan = plan(&args)?;
+    // Looked for before anything starts, so that a missing binary is all the bench says.
+    let source = match &args.url {
+        Some(url) => Source::Url(url.clone()),
+        None => Source::Binary(server::binary(args.server_bin.as_deref())?),
+    };
     let kinds = baselines::selected(args.baselines, &args.baseline);
     let bar = Bar::new(args.json);
     let limit = server::raise_open_files_limit();
@@ -226,8 +301,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             plan.rate
         ));
     }
-    let mut stop = crate::stop_signal::StopSignal::install()?;
-    let work = measure(&args, &plan, &kinds, &bar);
+    let mut stop =
+        handoff_client::local::StopSignal::install().context("cannot handle SIGINT and SIGTERM")?;
+    let work = measure(&args, &source, &plan, &kinds, &bar);
     // On Ctrl-C the measurement is dropped: the server process is killed with it
     // (`kill_on_drop`) and its temporary directory removed.
     let report = tokio::select! {
@@ -248,6 +324,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn measure(
     args: &BenchArgs,
+    source: &Source,
     plan: &Plan,
     kinds: &[baselines::Kind],
     bar: &Bar,
@@ -257,7 +334,7 @@ async fn measure(
         if args.runs > 1 {
             bar.note(&format!("run {} of {}", run + 1, args.runs));
         }
-        let (handoff, cost, queues) = measure_handoff(args, plan, bar).await?;
+        let (handoff, cost, queues) = measure_handoff(args, source, plan, bar).await?;
         let mut results = Vec::new();
         for kind in kinds {
             let options = baselines::Options {
@@ -302,11 +379,12 @@ enum Target {
 
 async fn measure_handoff(
     args: &BenchArgs,
+    source: &Source,
     plan: &Plan,
     bar: &Bar,
 ) -> anyhow::Result<(SystemResult, ServerCost, Vec<String>)> {
-    let target = match &args.url {
-        Some(url) => {
+    let target = match source {
+        Source::Url(url) => {
             let base = url.trim_end_matches('/').to_owned();
             match is_loopback_url(&base) {
                 Some(true) => {}
@@ -316,20 +394,21 @@ async fn measure_handoff(
                 )),
                 None => bail!("--url {url} is not an http(s) URL"),
             }
-            let admin = crate::cli_admin::resolve_token(args.token.clone())?;
+            let admin = handoff_client::local::resolve_admin_token(args.token.clone())?;
             Target::Remote {
                 base,
                 admin,
                 pid: args.server_pid,
             }
         }
-        None => {
+        Source::Binary(bin) => {
             bar.note(&format!(
                 "starting handoff serve (durability {})",
                 args.durability.name()
             ));
             Target::Own(Box::new(
                 ServerProcess::start(&ServerOptions {
+                    bin,
                     durability: args.durability.name(),
                     offer_timeout_s: agents::QUEUE_OFFER_TIMEOUT_S,
                 })
@@ -590,13 +669,6 @@ fn is_loopback_url(url: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: BenchArgs,
-    }
 
     fn parse(line: &[&str]) -> BenchArgs {
         let mut argv = vec!["bench"];
