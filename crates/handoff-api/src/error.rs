@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use handoff_core::CommandError;
+use handoff_core::{CommandError, QueueConfigError};
 use handoff_protocol::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Clone)]
@@ -165,7 +165,20 @@ impl From<CommandError> for ApiError {
             CommandError::ContextVersionMismatch { .. } => {
                 ApiError::precondition_failed(message).with_field("If-Match")
             }
-            CommandError::InvalidQueue(invalid) => crate::wire::queue_config_error(invalid),
+            CommandError::InvalidQueue(invalid) => ApiError::from(invalid),
         }
+    }
+}
+
+/// A queue the core found inconsistent, as a 422 naming the field at fault.
+impl From<QueueConfigError> for ApiError {
+    fn from(error: QueueConfigError) -> ApiError {
+        let field = match &error {
+            QueueConfigError::StepsOutOfOrder => "steps".to_owned(),
+            QueueConfigError::StepTightens { index } => format!("steps[{index}].skills"),
+            QueueConfigError::OfferTimeoutZero => "offer_timeout_s".to_owned(),
+            QueueConfigError::OverflowToItself => "overflow.queue".to_owned(),
+        };
+        ApiError::unprocessable("invalid_queue", format!("{field}: {error}")).with_field(field)
     }
 }

@@ -11,8 +11,8 @@ mod views;
 pub use decode::{decode_event, DecodeError};
 pub use encode::{cloud_event, cloud_event_payload, event_id};
 pub use queues::{
-    queue_config_error, queue_config_from_wire, queue_view, strategy_from_wire, strategy_to_wire,
-    MAX_QUEUE_SECONDS, MAX_STEPS,
+    queue_config_from_wire, queue_view, strategy_from_wire, strategy_to_wire, MAX_QUEUE_SECONDS,
+    MAX_STEPS,
 };
 pub use targets::{target_from_wire, target_to_wire};
 pub use text::{canonical_json, format_time, longer_than, now, parse_time};

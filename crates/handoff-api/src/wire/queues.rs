@@ -1,6 +1,6 @@
 //! Queues: their configuration from the wire, checked, and their view.
 
-use handoff_core::{EscalationStep, QueueConfig, QueueConfigError, QueueName, Strategy};
+use handoff_core::{EscalationStep, QueueConfig, QueueName, Strategy};
 use handoff_protocol as wire;
 
 use super::views::{skills_from_wire, skills_json};
@@ -137,18 +137,7 @@ pub fn queue_config_from_wire(
         config.pop_url = Some(template.clone());
     }
     if strict {
-        config.validate().map_err(queue_config_error)?;
+        config.validate().map_err(ApiError::from)?;
     }
     Ok(config)
-}
-
-/// A queue the core found inconsistent, as a 422 naming the field at fault.
-pub fn queue_config_error(error: QueueConfigError) -> ApiError {
-    let field = match &error {
-        QueueConfigError::StepsOutOfOrder => "steps".to_owned(),
-        QueueConfigError::StepTightens { index } => format!("steps[{index}].skills"),
-        QueueConfigError::OfferTimeoutZero => "offer_timeout_s".to_owned(),
-        QueueConfigError::OverflowToItself => "overflow.queue".to_owned(),
-    };
-    ApiError::unprocessable("invalid_queue", format!("{field}: {error}")).with_field(field)
 }
